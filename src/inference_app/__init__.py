@@ -1,0 +1,46 @@
+"""The Flask application factory of inference-app."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from flask import Flask
+
+from inference_app import config
+from inference_app.core.registry import Registry
+from inference_app.core.runtime import Runtime
+from inference_app.http import api, docs, health, v1
+
+__version__ = "0.1.0"
+
+
+def create_app(
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    instance_path: str | os.PathLike[str] | None = None,
+) -> Flask:
+    """Create the inference server: config, registry, runtime, API, blueprints, docs.
+
+    :param test_config: settings that override every other configuration layer.
+    :param instance_path: the instance folder holding ``config.py`` and ``models/``; default
+        ``INFERENCE_APP_INSTANCE_PATH``, else ``instance/`` in the working directory.
+    :raises inference_app.config.ConfigError: a setting has a bad value.
+    :raises inference_app.core.errors.BundleError: a model bundle cannot be loaded.
+    """
+    app = Flask(__name__, instance_path=str(config.resolve_instance_path(instance_path)))
+    config.init_app(app, test_config)
+
+    registry = Registry(config.models_dir(app))
+    registry.load()
+    runtime = Runtime(registry, max_rows=app.config["MAX_ROWS"])
+    if app.config["WARM_UP"] == "on_load":
+        runtime.warm_up()
+    api.init_services(app, registry, runtime)
+
+    smorest = api.init_app(app)
+    smorest.register_blueprint(health.blp)
+    smorest.register_blueprint(v1.blp)
+    docs.init_app(app, smorest, registry)
+    return app

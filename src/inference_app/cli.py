@@ -1,0 +1,141 @@
+"""The ``inference-app`` command: Flask's CLI plus init-demo, package and models."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import click
+import joblib
+import numpy as np
+from flask import Flask
+from flask.cli import FlaskGroup
+
+from inference_app import config, create_app
+from inference_app.core.bundle import write_bundle
+from inference_app.core.errors import BundleError
+from inference_app.core.registry import discover
+from inference_app.demo import write_demo_bundles
+
+instance_option = click.option(
+    "--instance-path",
+    envvar=config.INSTANCE_PATH_ENV,
+    default="instance",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help=f"The instance folder (environment variable {config.INSTANCE_PATH_ENV}).",
+)
+
+
+def _app() -> Flask:
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_app, add_version_option=True)
+def main() -> None:
+    """Serve scikit-learn models over HTTP; `inference-app run` starts a development server."""
+
+
+def _models_dir(instance_path: Path) -> Path:
+    """Return the models folder of an instance folder, honouring MODELS_DIR from the env."""
+    app = Flask("inference_app", instance_path=str(config.resolve_instance_path(instance_path)))
+    config.init_app(app)
+    return config.models_dir(app)
+
+
+@main.command("init-demo", with_appcontext=False)
+@instance_option
+@click.option("--force", is_flag=True, help="Rewrite demo bundles that exist already.")
+def init_demo(instance_path: Path, force: bool) -> None:
+    """Write the iris, breast_cancer and diabetes demo bundles, version 1."""
+    models_dir = _models_dir(instance_path)
+    for name, bundle in write_demo_bundles(models_dir, overwrite=force):
+        if bundle is None:
+            click.echo(f"kept    {name}: a bundle exists (use --force to rewrite it)")
+        else:
+            click.echo(f"wrote   {name} version {bundle.version} to {bundle.path}")
+
+
+@main.command("package", with_appcontext=False)
+@click.argument("estimator_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The model name, one path segment.")
+@click.option("--version", "version", required=True, help="The version, e.g. 2.")
+@click.option(
+    "--sample",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A CSV of training rows with a header row of feature names.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing bundle of that version.")
+@instance_option
+def package(
+    estimator_file: Path, name: str, version: str, sample: Path, force: bool, instance_path: Path
+) -> None:
+    """Write a bundle from a fitted estimator file (joblib) and a CSV sample of its data.
+
+    The estimator file is unpickled: package only files you trust.
+    """
+    names, rows = read_sample(sample)
+    estimator = joblib.load(estimator_file)
+    try:
+        bundle = write_bundle(
+            estimator,
+            rows,
+            _models_dir(instance_path),
+            name,
+            version,
+            feature_names=names,
+            overwrite=force,
+        )
+    except BundleError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"wrote {bundle.name} version {bundle.version} to {bundle.path}")
+
+
+@main.command("models", with_appcontext=False)
+@instance_option
+def models(instance_path: Path) -> None:
+    """List the bundles that would be served, and why any is refused."""
+    found = discover(_models_dir(instance_path))
+    if not found:
+        click.echo(f"no bundles under {_models_dir(instance_path)}")
+        return
+    # discover sorts each model's versions lowest first: the last one is the default.
+    highest = {item.name: item.version for item in found}
+    for item in found:
+        if item.bundle is None:
+            click.echo(f"REFUSED {item.name} {item.version}: {item.error}")
+            continue
+        manifest = item.bundle.manifest
+        default = " (default)" if highest[item.name] == item.version else ""
+        click.echo(
+            f"serve   {item.name} {item.version}{default}: {manifest.estimator}, "
+            f"{manifest.task}, {len(manifest.inputs)} features"
+        )
+        for warning in item.bundle.warnings:
+            click.echo(f"        warning: {warning}")
+    if any(item.bundle is None for item in found):
+        raise click.ClickException("some bundles are refused; the server will not start")
+
+
+def read_sample(path: Path) -> tuple[list[str], np.ndarray]:
+    """Read a CSV with a header row into feature names and rows ``(n_samples, n_features)``.
+
+    :raises click.ClickException: no header, ragged or non-numeric rows.
+    """
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        names = next(reader, None)
+        if not names:
+            raise click.ClickException(f"{path}: empty; expected a header row of feature names")
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            if len(row) != len(names):
+                raise click.ClickException(
+                    f"{path}:{line}: {len(row)} values for {len(names)} columns"
+                )
+            try:
+                rows.append([float(value) for value in row])
+            except ValueError as error:
+                raise click.ClickException(f"{path}:{line}: {error}") from None
+    return names, np.array(rows, dtype=np.float64)

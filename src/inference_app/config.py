@@ -1,0 +1,115 @@
+"""Configuration: defaults, the four layers of DESIGN section 5, and their validation at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Collection, Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+ENV_PREFIX = "INFERENCE_APP"
+INSTANCE_PATH_ENV = f"{ENV_PREFIX}_INSTANCE_PATH"
+
+#: The first layer. ``instance/config.py``, ``INFERENCE_APP_<KEY>`` environment variables
+#: (parsed as JSON where they parse) and the mapping given to ``create_app`` override it.
+DEFAULTS: dict[str, Any] = {
+    # Where bundles live, relative to the instance folder.
+    "MODELS_DIR": "models",
+    # The model ``POST /predict`` and the examples use; default the first model by name.
+    "DEFAULT_MODEL": None,
+    # Request bodies above this many bytes get 413 (Flask's own setting).
+    "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
+    # Requests with more rows than this get 422.
+    "MAX_ROWS": 10_000,
+    # Object rows with keys that are not features: "reject" (422) or "ignore".
+    "UNKNOWN_FEATURES": "reject",
+    # When models run their first prediction: "on_load" in create_app, or "post_fork" in a
+    # Gunicorn hook, so that a preloading master never runs inference (gunicorn.conf.py).
+    "WARM_UP": "on_load",
+    # flask-smorest: the OpenAPI document and Swagger UI, served from local files.
+    "API_TITLE": "inference-app",
+    "API_VERSION": "v1",
+    "OPENAPI_VERSION": "3.0.3",
+    "OPENAPI_URL_PREFIX": "/",
+    "OPENAPI_JSON_PATH": "openapi.json",
+    "OPENAPI_SWAGGER_UI_PATH": "docs",
+    "OPENAPI_SWAGGER_UI_URL": "docs/static/",
+    "OPENAPI_SWAGGER_UI_CONFIG": {"tryItOutEnabled": True, "displayRequestDuration": True},
+}
+
+
+class ConfigError(ValueError):
+    """A setting has a value the server cannot start with; the message names the key."""
+
+
+def _positive_int(value: Any) -> bool:
+    return type(value) is int and value > 0
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
+#: Each validated setting: a check of its value, and what the value must be.
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "MODELS_DIR": (_text, "a non-empty string"),
+    "DEFAULT_MODEL": (lambda value: value is None or _text(value), "a model name or null"),
+    "MAX_CONTENT_LENGTH": (_positive_int, "a positive integer (bytes)"),
+    "MAX_ROWS": (_positive_int, "a positive integer"),
+    "UNKNOWN_FEATURES": (lambda value: value in ("reject", "ignore"), "'reject' or 'ignore'"),
+    "WARM_UP": (lambda value: value in ("on_load", "post_fork"), "'on_load' or 'post_fork'"),
+}
+
+
+def resolve_instance_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """Return the absolute instance folder: ``explicit``, else ``INFERENCE_APP_INSTANCE_PATH``,
+    else ``instance/`` in the working directory."""
+    chosen: str | os.PathLike[str] = explicit or os.environ.get(INSTANCE_PATH_ENV) or "instance"
+    return Path(chosen).resolve()
+
+
+def init_app(app: Flask, test_config: Mapping[str, Any] | None = None) -> None:
+    """Layer the configuration onto ``app`` and validate it.
+
+    :raises ConfigError: a setting has a bad value.
+    """
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env(ENV_PREFIX)
+    if test_config is not None:
+        app.config.from_mapping(test_config)
+    validate(app.config)
+
+
+def validate(config: Mapping[str, Any]) -> None:
+    """Check every setting in :data:`CHECKS`.
+
+    :raises ConfigError: naming the key, its environment variable and what it must be.
+    """
+    for key, (check, expected) in CHECKS.items():
+        value = config.get(key)
+        if not check(value):
+            raise ConfigError(
+                f"setting {key} (environment variable {ENV_PREFIX}_{key}) must be "
+                f"{expected}; got {value!r}"
+            )
+
+
+def models_dir(app: Flask) -> Path:
+    """Return the folder of model bundles, resolved against the instance folder."""
+    return Path(app.instance_path) / str(app.config["MODELS_DIR"])
+
+
+def check_default_model(app: Flask, names: Collection[str]) -> None:
+    """Check that ``DEFAULT_MODEL``, when set, names a loaded model.
+
+    :raises ConfigError: it names a model that is not loaded.
+    """
+    chosen = app.config["DEFAULT_MODEL"]
+    if chosen is not None and chosen not in names:
+        raise ConfigError(
+            f"setting DEFAULT_MODEL (environment variable {ENV_PREFIX}_DEFAULT_MODEL) names "
+            f"{chosen!r}, which is not loaded; loaded: {', '.join(sorted(names)) or 'none'}"
+        )

@@ -1,0 +1,1 @@
+"""The serving core: model bundles, the registry and the runtime, free of any HTTP framework."""

@@ -1,0 +1,449 @@
+"""Model bundles on disk: write, verify and load ``<name>/<version>/{model.joblib, model.json}``."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+from sklearn.base import is_classifier
+from sklearn.utils import get_tags
+
+from inference_app.core.errors import BundleError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "model.json"
+JOBLIB_FILE = "model.joblib"
+#: The prediction methods the server exposes, in the order it lists them.
+METHODS = ("predict", "predict_proba", "decision_function")
+#: Names and versions are single path segments: no separators, no leading dot.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Open Inference Protocol datatypes (KServe V2, "Tensor Data Types") the server accepts.
+DATATYPES = ("BOOL", "INT64", "FP32", "FP64")
+REFERENCE_ROWS = 5
+HISTOGRAM_BINS = 10
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column of a model.
+
+    :param name: the column name, as in the estimator's ``feature_names_in_``.
+    :param datatype: one of :data:`DATATYPES`.
+    :param min: the smallest finite value seen in the training sample, or ``None``.
+    :param max: the largest finite value seen in the training sample, or ``None``.
+    """
+
+    name: str
+    datatype: str = "FP64"
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``model.json`` says of a bundle (DESIGN section 3)."""
+
+    name: str
+    version: str
+    task: str
+    inputs: tuple[Feature, ...]
+    methods: tuple[str, ...]
+    estimator: str
+    format: str = "joblib"
+    file: str = JOBLIB_FILE
+    sha256: str | None = None
+    classes: tuple[Any, ...] | None = None
+    sklearn_version: str | None = None
+    created: str | None = None
+    allow_nan: bool = False
+    reference: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Return the input names in the estimator's column order."""
+        return [feature.name for feature in self.inputs]
+
+    @property
+    def reference_rows(self) -> list[list[Any]]:
+        """Return a few training rows, shape ``(n_rows, n_features)``, for warm-up and examples."""
+        return list(self.reference.get("rows", []))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the manifest as JSON-native values."""
+        data = dataclasses.asdict(self)
+        data["inputs"] = [dataclasses.asdict(feature) for feature in self.inputs]
+        data["methods"] = list(self.methods)
+        data["classes"] = None if self.classes is None else list(self.classes)
+        data["reference"] = dict(self.reference)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Manifest:
+        """Build a manifest from parsed ``model.json``.
+
+        :raises BundleError: a field is missing or has the wrong type.
+        """
+        try:
+            inputs = tuple(Feature(**feature) for feature in data["inputs"])
+            classes = data.get("classes")
+            manifest = cls(
+                name=str(data["name"]),
+                version=str(data["version"]),
+                task=str(data["task"]),
+                inputs=inputs,
+                methods=tuple(data["methods"]),
+                estimator=str(data["estimator"]),
+                format=str(data.get("format", "joblib")),
+                file=str(data.get("file", JOBLIB_FILE)),
+                sha256=data.get("sha256"),
+                classes=None if classes is None else tuple(classes),
+                sklearn_version=data.get("sklearn_version"),
+                created=data.get("created"),
+                allow_nan=bool(data.get("allow_nan", False)),
+                reference=dict(data.get("reference") or {}),
+            )
+        except (KeyError, TypeError) as error:
+            raise BundleError(f"{MANIFEST_FILE} lacks or mistypes a field: {error}") from None
+        for feature in manifest.inputs:
+            if feature.datatype not in DATATYPES:
+                raise BundleError(
+                    f"{MANIFEST_FILE}: feature {feature.name!r} has datatype "
+                    f"{feature.datatype!r}; expected one of {', '.join(DATATYPES)}"
+                )
+        unknown = set(manifest.methods) - set(METHODS)
+        if unknown:
+            raise BundleError(f"{MANIFEST_FILE}: unknown methods {sorted(unknown)}")
+        return manifest
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded, verified model: its manifest, the fitted estimator and where it came from."""
+
+    manifest: Manifest
+    estimator: Any
+    path: Path
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """Return the model name."""
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        """Return the version (the directory name)."""
+        return self.manifest.version
+
+
+def check_name(kind: str, value: str) -> str:
+    """Return ``value`` if it is a safe model name or version (one path segment).
+
+    :raises BundleError: ``value`` could escape the models folder or is not a plain name.
+    """
+    if not NAME_PATTERN.match(value):
+        raise BundleError(
+            f"{kind} {value!r} is not allowed: use 1 to 128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def sha256_of(data: bytes) -> str:
+    """Return the hex SHA-256 digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_bundle(
+    estimator: Any,
+    sample: Any,
+    models_dir: str | os.PathLike[str],
+    name: str,
+    version: str,
+    *,
+    feature_names: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> Bundle:
+    """Write a bundle from a fitted estimator and a sample of its training data.
+
+    The manifest records the file's SHA-256, the task, each input's name, datatype and
+    observed range, the classes, the scikit-learn version, the creation time (UTC,
+    ISO 8601), a few reference rows and a histogram of each feature over the sample
+    (``numpy.histogram`` with :data:`HISTOGRAM_BINS` bins) for drift monitoring.
+
+    :param estimator: a fitted scikit-learn estimator or pipeline.
+    :param sample: training rows, shape ``(n_samples, n_features)``: a pandas DataFrame
+        (column names and dtypes are kept) or an array.
+    :param models_dir: the folder holding every model, usually ``<instance>/models``.
+    :param name: the model name, one path segment.
+    :param version: the version, one path segment; the highest version is served by default.
+    :param feature_names: the column names when ``sample`` is an array; default the
+        estimator's ``feature_names_in_``, else ``x0``, ``x1``, ...
+    :param overwrite: replace an existing bundle of the same name and version.
+    :returns: the bundle as the server will load it.
+    :raises BundleError: a bad name or version, a sample that does not fit the estimator,
+        a non-numeric feature, or an existing bundle without ``overwrite``.
+    """
+    check_name("model name", name)
+    check_name("version", version)
+    target = Path(models_dir) / name / version
+    if (target / MANIFEST_FILE).exists() and not overwrite:
+        raise BundleError(f"{target} already holds a bundle; pass overwrite to replace it")
+    inputs, matrix = _describe_sample(estimator, sample, feature_names)
+    classes = tuple(np.asarray(estimator.classes_).tolist()) if is_classifier(estimator) else None
+    payload = io.BytesIO()
+    joblib.dump(estimator, payload)
+    data = payload.getvalue()
+    manifest = Manifest(
+        name=name,
+        version=version,
+        task="classification" if classes is not None else "regression",
+        inputs=inputs,
+        methods=tuple(method for method in METHODS if hasattr(estimator, method)),
+        estimator=f"{type(estimator).__module__}.{type(estimator).__qualname__}",
+        format="joblib",
+        file=JOBLIB_FILE,
+        sha256=sha256_of(data),
+        classes=classes,
+        sklearn_version=sklearn.__version__,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        allow_nan=_allows_nan(estimator),
+        reference=_reference(matrix, inputs),
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    _write_atomically(target / JOBLIB_FILE, data)
+    text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
+    _write_atomically(target / MANIFEST_FILE, text.encode())
+    return Bundle(manifest=manifest, estimator=estimator, path=target)
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """Load the bundle in a version folder ``<models>/<name>/<version>``.
+
+    With a manifest, the estimator file's SHA-256 is checked against it before unpickling,
+    and the unpickled estimator is checked against the manifest (``n_features_in_``,
+    ``classes_``). A bare ``model.joblib`` is loaded with a warning, its inputs inferred
+    from ``feature_names_in_`` or ``n_features_in_``.
+
+    :raises BundleError: no estimator file, a bad manifest, a checksum mismatch (naming
+        the file), an unpickling failure or an estimator that contradicts its manifest.
+    """
+    folder = Path(path)
+    name = check_name("model name", folder.parent.name)
+    version = check_name("version", folder.name)
+    manifest_path = folder / MANIFEST_FILE
+    if manifest_path.is_file():
+        manifest = _read_manifest(manifest_path, name, version)
+        data = _read_checked(folder, manifest)
+        estimator, notes = _unpickle(folder / manifest.file, data)
+        _check_consistent(manifest, estimator, folder)
+        return Bundle(manifest=manifest, estimator=estimator, path=folder, warnings=notes)
+    bare = folder / JOBLIB_FILE
+    if not bare.is_file():
+        raise BundleError(f"{folder}: no {MANIFEST_FILE} and no {JOBLIB_FILE}")
+    estimator, notes = _unpickle(bare, bare.read_bytes())
+    manifest = _infer_manifest(estimator, name, version)
+    note = (
+        f"{bare}: no {MANIFEST_FILE}, so its checksum is not verified and its inputs are "
+        "inferred; write a bundle with `inference-app package`"
+    )
+    logger.warning(note)
+    return Bundle(manifest=manifest, estimator=estimator, path=folder, warnings=(note, *notes))
+
+
+def _read_manifest(path: Path, name: str, version: str) -> Manifest:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path}: cannot read: {error}") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a JSON object")
+    try:
+        manifest = Manifest.from_dict(data)
+    except BundleError as error:
+        raise BundleError(f"{path.parent}: {error}") from None
+    if (manifest.name, manifest.version) != (name, version):
+        raise BundleError(
+            f"{path}: names model {manifest.name!r} version {manifest.version!r} but lives in "
+            f"{name}/{version}"
+        )
+    if manifest.format != "joblib":
+        raise BundleError(f"{path}: format {manifest.format!r} is not supported; use joblib")
+    if manifest.file != Path(manifest.file).name or manifest.file.startswith("."):
+        raise BundleError(f"{path}: file {manifest.file!r} must be a file name in the bundle")
+    return manifest
+
+
+def _read_checked(folder: Path, manifest: Manifest) -> bytes:
+    file = folder / manifest.file
+    try:
+        data = file.read_bytes()
+    except OSError as error:
+        raise BundleError(f"{file}: cannot read: {error.strerror}") from None
+    digest = sha256_of(data)
+    if manifest.sha256 != digest:
+        raise BundleError(
+            f"{file}: sha256 mismatch (manifest {manifest.sha256}, file {digest}); the file "
+            "changed after it was packaged, so it is refused"
+        )
+    return data
+
+
+def _unpickle(file: Path, data: bytes) -> tuple[Any, tuple[str, ...]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            estimator = joblib.load(io.BytesIO(data))
+        except Exception as error:  # unpickling runs arbitrary code: any failure refuses it
+            raise BundleError(f"{file}: cannot load: {type(error).__name__}: {error}") from None
+    notes = tuple(f"{file}: {warning.message}" for warning in caught)
+    for note in notes:
+        logger.warning(note)
+    if not hasattr(estimator, "predict"):
+        raise BundleError(f"{file}: holds a {type(estimator).__name__}, which has no predict")
+    return estimator, notes
+
+
+def _check_consistent(manifest: Manifest, estimator: Any, folder: Path) -> None:
+    n_features = getattr(estimator, "n_features_in_", None)
+    if n_features is not None and n_features != len(manifest.inputs):
+        raise BundleError(
+            f"{folder}: the estimator takes {n_features} features but {MANIFEST_FILE} lists "
+            f"{len(manifest.inputs)}"
+        )
+    if manifest.classes is not None:
+        classes = np.asarray(getattr(estimator, "classes_", [])).tolist()
+        if list(manifest.classes) != classes:
+            raise BundleError(
+                f"{folder}: the estimator's classes {classes} differ from {MANIFEST_FILE}'s "
+                f"{list(manifest.classes)}"
+            )
+
+
+def _infer_manifest(estimator: Any, name: str, version: str) -> Manifest:
+    names = getattr(estimator, "feature_names_in_", None)
+    if names is None:
+        n_features = getattr(estimator, "n_features_in_", None)
+        if n_features is None:
+            raise BundleError(
+                f"{name}/{version}/{JOBLIB_FILE}: has neither feature_names_in_ nor "
+                f"n_features_in_; package it with a sample to describe its inputs"
+            )
+        names = [f"x{index}" for index in range(n_features)]
+    inputs = tuple(Feature(name=str(feature)) for feature in names)
+    classes = tuple(np.asarray(estimator.classes_).tolist()) if is_classifier(estimator) else None
+    return Manifest(
+        name=name,
+        version=version,
+        task="classification" if classes is not None else "regression",
+        inputs=inputs,
+        methods=tuple(method for method in METHODS if hasattr(estimator, method)),
+        estimator=f"{type(estimator).__module__}.{type(estimator).__qualname__}",
+        classes=classes,
+        allow_nan=_allows_nan(estimator),
+        reference={"rows": [[0.0] * len(inputs)]},
+    )
+
+
+def _describe_sample(
+    estimator: Any, sample: Any, feature_names: Sequence[str] | None
+) -> tuple[tuple[Feature, ...], np.ndarray]:
+    columns = getattr(sample, "columns", None)
+    fitted = getattr(estimator, "feature_names_in_", None)
+    if columns is not None:
+        names = [str(column) for column in columns]
+        dtypes = [sample[column].dtype for column in columns]
+    else:
+        width = np.shape(sample)[1] if np.ndim(sample) == 2 else 0
+        if feature_names is not None:
+            names = list(feature_names)
+        elif fitted is not None:
+            names = [str(name) for name in fitted]
+        else:
+            names = [f"x{index}" for index in range(width)]
+        dtypes = [np.asarray(sample).dtype] * len(names)
+    matrix = np.asarray(sample)
+    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] != len(names):
+        raise BundleError(f"the sample must have shape (n_samples, n_features); got {matrix.shape}")
+    n_features = getattr(estimator, "n_features_in_", matrix.shape[1])
+    if n_features != matrix.shape[1]:
+        raise BundleError(
+            f"the estimator takes {n_features} features but the sample has {matrix.shape[1]}"
+        )
+    if fitted is not None and [str(name) for name in fitted] != names:
+        raise BundleError("the sample's columns differ from the estimator's feature_names_in_")
+    inputs = []
+    for index, (feature_name, dtype) in enumerate(zip(names, dtypes, strict=True)):
+        datatype = _datatype(np.dtype(dtype), feature_name)
+        column = matrix[:, index].astype(np.float64)
+        finite = column[np.isfinite(column)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
+        inputs.append(Feature(name=feature_name, datatype=datatype, min=low, max=high))
+    return tuple(inputs), matrix.astype(np.float64)
+
+
+def _datatype(dtype: np.dtype[Any], feature: str) -> str:
+    if dtype.kind == "b":
+        return "BOOL"
+    if dtype.kind in "iu":
+        return "INT64"
+    if dtype.kind == "f":
+        return "FP32" if dtype.itemsize <= 4 else "FP64"
+    raise BundleError(
+        f"feature {feature!r} has dtype {dtype}; only numeric and boolean features are served"
+    )
+
+
+def _reference(matrix: np.ndarray, inputs: Sequence[Feature]) -> dict[str, Any]:
+    histograms = {}
+    for index, feature in enumerate(inputs):
+        column = matrix[:, index]
+        column = column[np.isfinite(column)]
+        if not column.size:
+            continue
+        counts, edges = np.histogram(column, bins=HISTOGRAM_BINS)
+        histograms[feature.name] = {"bin_edges": edges.tolist(), "counts": counts.tolist()}
+    rows = [
+        [_json_scalar(value, feature) for value, feature in zip(row, inputs, strict=True)]
+        for row in matrix[:REFERENCE_ROWS]
+    ]
+    return {"n_samples": int(matrix.shape[0]), "rows": rows, "histograms": histograms}
+
+
+def _json_scalar(value: float, feature: Feature) -> Any:
+    if not math.isfinite(value):
+        return None
+    if feature.datatype == "BOOL":
+        return bool(value)
+    if feature.datatype == "INT64":
+        return int(value)
+    return float(value)
+
+
+def _allows_nan(estimator: Any) -> bool:
+    try:
+        return bool(get_tags(estimator).input_tags.allow_nan)
+    except (AttributeError, TypeError, ValueError):
+        return False
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

@@ -1,0 +1,186 @@
+"""The registry: every bundle under ``<instance>/models``, default versions and ready state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+
+from inference_app.core.bundle import Bundle, load_bundle
+from inference_app.core.errors import BundleError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+def version_key(version: str) -> tuple[tuple[int, str], ...]:
+    """Return a sort key under which ``"10"`` follows ``"9"`` and ``"1.10"`` follows ``"1.9"``."""
+    return tuple(
+        (int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.\-_]", version)
+    )
+
+
+@dataclass(frozen=True)
+class Discovered:
+    """One version folder found on disk: its bundle, or why it is refused."""
+
+    name: str
+    version: str
+    path: Path
+    bundle: Bundle | None = None
+    error: str | None = None
+    load_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Model:
+    """All versions of one model.
+
+    :param versions: bundles by version, lowest first.
+    """
+
+    name: str
+    versions: Mapping[str, Bundle]
+
+    @property
+    def default_version(self) -> str:
+        """Return the highest version, the one served when a request names none."""
+        return list(self.versions)[-1]
+
+    @property
+    def default(self) -> Bundle:
+        """Return the bundle of the default version."""
+        return self.versions[self.default_version]
+
+
+def discover(models_dir: str | os.PathLike[str]) -> list[Discovered]:
+    """Load every ``<models_dir>/<name>/<version>`` folder, sorted by name then version.
+
+    A folder that fails to load is returned with its error instead of raising; hidden
+    entries and files are skipped. A missing ``models_dir`` holds no models.
+    """
+    root = Path(models_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for model_dir in sorted(root.iterdir()):
+        if not model_dir.is_dir() or model_dir.name.startswith("."):
+            continue
+        versions = [p for p in model_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        for version_dir in sorted(versions, key=lambda p: version_key(p.name)):
+            started = time.perf_counter()
+            try:
+                bundle = load_bundle(version_dir)
+            except BundleError as error:
+                found.append(
+                    Discovered(model_dir.name, version_dir.name, version_dir, error=str(error))
+                )
+                continue
+            seconds = time.perf_counter() - started
+            found.append(
+                Discovered(model_dir.name, version_dir.name, version_dir, bundle, None, seconds)
+            )
+    return found
+
+
+class Registry:
+    """The models this server answers for, and which of them are ready in this process.
+
+    The set of models is replaced whole (:meth:`load`), never edited in place, so a reader
+    sees either the old set or the new one.
+
+    :param models_dir: the folder of model folders, usually ``<instance>/models``.
+    """
+
+    def __init__(self, models_dir: str | os.PathLike[str]) -> None:
+        self.models_dir = Path(models_dir)
+        self._models: Mapping[str, Model] = MappingProxyType({})
+        self._ready: frozenset[tuple[str, str]] = frozenset()
+
+    def load(self) -> None:
+        """Load every bundle; on any failure keep the current models and raise.
+
+        :raises BundleError: listing every refused folder and why.
+        """
+        found = discover(self.models_dir)
+        refused = [f"{item.path}: {item.error}" for item in found if item.error]
+        if refused:
+            raise BundleError("refused model bundles:\n  " + "\n  ".join(refused))
+        grouped: dict[str, dict[str, Bundle]] = {}
+        for item in found:
+            assert item.bundle is not None
+            grouped.setdefault(item.name, {})[item.version] = item.bundle
+            logger.info(
+                "loaded model %s version %s from %s in %.3f s",
+                item.name,
+                item.version,
+                item.path,
+                item.load_seconds,
+            )
+        self._models = MappingProxyType(
+            {name: Model(name, MappingProxyType(versions)) for name, versions in grouped.items()}
+        )
+        self._ready = frozenset()
+
+    @property
+    def models(self) -> Mapping[str, Model]:
+        """Return the models by name, sorted by name."""
+        return self._models
+
+    def bundles(self) -> list[Bundle]:
+        """Return every loaded bundle, by name then version."""
+        return [bundle for model in self._models.values() for bundle in model.versions.values()]
+
+    def model(self, name: str) -> Model:
+        """Return the model called ``name``.
+
+        :raises ModelNotFoundError: no such model, naming the ones there are.
+        """
+        try:
+            return self._models[name]
+        except KeyError:
+            known = ", ".join(self._models) or "none"
+            raise ModelNotFoundError(
+                f"no model {name[:100]!r}; the models served are: {known}"
+            ) from None
+
+    def get(self, name: str, version: str | None = None) -> Bundle:
+        """Return one version of a model, by default its highest.
+
+        :raises ModelNotFoundError: no such model or version, naming the ones there are.
+        """
+        model = self.model(name)
+        if version is None:
+            return model.default
+        try:
+            return model.versions[version]
+        except KeyError:
+            raise ModelNotFoundError(
+                f"model {name!r} has no version {version[:100]!r}; it has "
+                f"{', '.join(model.versions)}"
+            ) from None
+
+    def mark_ready(self, bundle: Bundle) -> None:
+        """Record that ``bundle`` has been warmed up in this process."""
+        self._ready = self._ready | {(bundle.name, bundle.version)}
+
+    def is_ready(self, bundle: Bundle) -> bool:
+        """Return whether ``bundle`` has been warmed up in this process."""
+        return (bundle.name, bundle.version) in self._ready
+
+    def model_ready(self, name: str) -> bool:
+        """Return whether every version of model ``name`` is warmed up."""
+        return all(self.is_ready(bundle) for bundle in self.model(name).versions.values())
+
+    def readiness(self) -> tuple[bool, str]:
+        """Return whether every model is ready, and a sentence saying why not."""
+        if not self._models:
+            return False, "no models are loaded: write bundles with `inference-app package`"
+        waiting = [name for name in self._models if not self.model_ready(name)]
+        if waiting:
+            return False, f"models not warmed up yet: {', '.join(waiting)}"
+        return True, f"{len(self._models)} models ready"

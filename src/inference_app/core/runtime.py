@@ -1,0 +1,173 @@
+"""Run estimators: check rows, call the chosen method, return strict JSON-native outputs."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import sklearn
+
+from inference_app.core.bundle import Bundle
+from inference_app.core.errors import (
+    BundleError,
+    InvalidOutputError,
+    MethodNotAvailableError,
+    ModelNotReadyError,
+)
+from inference_app.core.inputs import to_matrix
+from inference_app.core.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The outcome of one request.
+
+    :param outputs: JSON-native values: shape ``(n_samples,)`` for ``predict`` and for a
+        binary ``decision_function``, ``(n_samples, n_classes)`` for ``predict_proba`` and a
+        multiclass ``decision_function``.
+    :param classes: the class labels the columns of ``outputs`` stand for, for
+        ``predict_proba`` and ``decision_function`` of classifiers; else ``None``.
+    """
+
+    model_name: str
+    model_version: str
+    method: str
+    outputs: list[Any]
+    classes: list[Any] | None
+
+
+class Runtime:
+    """Turn rows into predictions with the registry's estimators.
+
+    :meth:`execute` is the one place an estimator is called: in-worker request batching
+    replaces it, leaving validation and output conversion as they are.
+
+    :param registry: where the bundles are.
+    :param max_rows: the most rows one request may hold.
+    :param unknown_features: ``"reject"`` or ``"ignore"`` feature names the model lacks.
+    """
+
+    def __init__(
+        self, registry: Registry, *, max_rows: int = 10_000, unknown_features: str = "reject"
+    ) -> None:
+        self.registry = registry
+        self.max_rows = max_rows
+        self.unknown_features = unknown_features
+        # The rows given to estimators fitted on DataFrames are arrays in the order of
+        # feature_names_in_, which to_matrix guarantees; scikit-learn's warning that the
+        # array carries no names would be noise on every request.
+        warnings.filterwarnings(
+            "ignore",
+            message="X does not have valid feature names",
+            category=UserWarning,
+            module=r"sklearn\.",
+        )
+
+    def predict(
+        self,
+        name: str,
+        instances: Sequence[Any],
+        *,
+        version: str | None = None,
+        method: str = "predict",
+    ) -> Prediction:
+        """Predict for rows given as lists (feature order) or objects (feature names).
+
+        :param name: the model name.
+        :param instances: rows, ``(n_samples, n_features)``, as parsed from JSON.
+        :param version: the version; default the model's highest.
+        :param method: ``predict``, ``predict_proba`` or ``decision_function``.
+        :raises ModelNotFoundError: no such model or version.
+        :raises ModelNotReadyError: the model is not warmed up in this process.
+        :raises MethodNotAvailableError: the estimator lacks ``method``.
+        :raises InvalidInputError: a row does not fit the model's inputs.
+        :raises InvalidOutputError: the estimator returned NaN or infinity.
+        """
+        bundle = self.registry.get(name, version)
+        manifest = bundle.manifest
+        if not self.registry.is_ready(bundle):
+            raise ModelNotReadyError(f"model {name!r} version {bundle.version!r} is warming up")
+        if method not in manifest.methods:
+            raise MethodNotAvailableError(
+                f"model {name!r} has no method {method!r}; it has {', '.join(manifest.methods)}",
+                {"method": [f"Must be one of: {', '.join(manifest.methods)}."]},
+            )
+        matrix = to_matrix(
+            instances,
+            manifest.inputs,
+            max_rows=self.max_rows,
+            unknown_features=self.unknown_features,
+            allow_nan=manifest.allow_nan,
+        )
+        outputs = self.execute(bundle, method, matrix)
+        classes = None if method == "predict" or manifest.classes is None else manifest.classes
+        return Prediction(
+            model_name=bundle.name,
+            model_version=bundle.version,
+            method=method,
+            outputs=json_values(outputs),
+            classes=None if classes is None else list(classes),
+        )
+
+    def execute(self, bundle: Bundle, method: str, matrix: np.ndarray) -> np.ndarray:
+        """Call ``method`` of the bundle's estimator on checked rows.
+
+        :param matrix: float64 rows, ``(n_samples, n_features)``, finite unless the
+            estimator accepts NaN.
+        :returns: the estimator's output, first dimension ``n_samples``.
+        """
+        # to_matrix has checked finiteness already; scikit-learn need not check again.
+        with sklearn.config_context(assume_finite=not bundle.manifest.allow_nan):
+            result: np.ndarray = getattr(bundle.estimator, method)(matrix)
+        return result
+
+    def warm_up(self) -> None:
+        """Run one prediction per bundle on its reference rows and mark it ready.
+
+        Call it in each serving process after fork, never in a preloading master: OpenMP
+        thread pools do not survive ``fork``.
+
+        :raises BundleError: an estimator fails on its own reference rows.
+        """
+        for bundle in self.registry.bundles():
+            rows = bundle.manifest.reference_rows or [[0.0] * len(bundle.manifest.inputs)]
+            matrix = np.array(rows, dtype=np.float64)
+            started = time.perf_counter()
+            try:
+                self.execute(bundle, "predict", matrix)
+            except Exception as error:  # any failure of a model's own rows makes it unservable
+                raise BundleError(
+                    f"model {bundle.name!r} version {bundle.version!r} failed to predict its "
+                    f"reference rows: {type(error).__name__}: {error}"
+                ) from error
+            self.registry.mark_ready(bundle)
+            logger.info(
+                "warmed model %s version %s in %.1f ms",
+                bundle.name,
+                bundle.version,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def json_values(outputs: np.ndarray) -> list[Any]:
+    """Return ``outputs`` as JSON-native lists, refusing values strict JSON cannot carry.
+
+    :raises InvalidOutputError: a value is NaN or infinite, naming its row.
+    """
+    array = np.asarray(outputs)
+    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+        row = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise InvalidOutputError(
+            f"the model's output for row {row} is not a finite number; check that row's values "
+            "lie within the ranges listed in the model's metadata",
+            {"instances": {row: ["The model's output for this row is not finite."]}},
+        )
+    values: list[Any] = array.tolist()
+    return values

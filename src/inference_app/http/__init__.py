@@ -1,0 +1,1 @@
+"""The HTTP layer: Flask blueprints, marshmallow schemas and error envelopes over the core."""

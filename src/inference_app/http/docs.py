@@ -1,0 +1,113 @@
+"""Interactive docs: Swagger UI from local package files, and one documented operation per model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import swagger_ui_bundle
+from flask import Blueprint, Flask
+
+from inference_app.core.bundle import Bundle
+from inference_app.core.registry import Registry
+from inference_app.http.api import Api
+from inference_app.http.v1 import example_request
+
+#: OpenAPI types (3.0, "Data Types") of the bundle datatypes.
+JSON_SCHEMA_TYPES = {"FP64": "number", "FP32": "number", "INT64": "integer", "BOOL": "boolean"}
+TAG = "models"
+
+blp = Blueprint(
+    "swagger_ui",
+    __name__,
+    static_folder=str(swagger_ui_bundle.swagger_ui_path),
+    static_url_path="/docs/static",
+)
+
+
+def init_app(app: Flask, api: Api, registry: Registry) -> None:
+    """Serve Swagger UI's files and document a predict operation for each loaded model."""
+    app.register_blueprint(blp)
+    api.spec.tag(
+        {
+            "name": TAG,
+            "description": "One predict operation per loaded model, with its feature names, "
+            "training ranges and an example built from its training data.",
+        }
+    )
+    for model in registry.models.values():
+        _document_model(api, model.default)
+
+
+def _document_model(api: Api, bundle: Bundle) -> None:
+    manifest = bundle.manifest
+    record = f"{bundle.name}.Record"
+    api.spec.components.schema(
+        record,
+        {
+            "type": "object",
+            "description": f"One row for model {bundle.name}, keyed by feature name.",
+            "properties": {
+                feature.name: _property(feature, manifest.allow_nan) for feature in manifest.inputs
+            },
+            "required": manifest.feature_names,
+            "additionalProperties": False,
+        },
+    )
+    estimator = manifest.estimator.rsplit(".", 1)[-1]
+    description = (
+        f"A {manifest.task} model ({estimator}), version {bundle.version}, taking "
+        f"{len(manifest.inputs)} features."
+    )
+    if manifest.classes is not None:
+        description += f" Classes: {', '.join(map(str, manifest.classes))}."
+    api.spec.path(
+        path=f"/v1/models/{bundle.name}:predict",
+        operations={
+            "post": {
+                "tags": [TAG],
+                "summary": f"Predict with {bundle.name} ({estimator})",
+                "description": description,
+                "operationId": f"predict_{bundle.name}",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["instances"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "instances": {"type": "array", "items": record},
+                                    "method": {
+                                        "type": "string",
+                                        "enum": list(manifest.methods),
+                                        "default": "predict",
+                                    },
+                                },
+                            },
+                            "example": example_request(bundle),
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "One prediction per row",
+                        "content": {"application/json": {"schema": "PredictResponse"}},
+                    },
+                    "404": "NOT_FOUND",
+                    "415": "UNSUPPORTED_MEDIA_TYPE",
+                    "422": "UNPROCESSABLE_ENTITY",
+                    "503": "SERVICE_UNAVAILABLE",
+                },
+            }
+        },
+    )
+
+
+def _property(feature: Any, allow_nan: bool) -> dict[str, Any]:
+    prop: dict[str, Any] = {"type": JSON_SCHEMA_TYPES[feature.datatype]}
+    if feature.min is not None and feature.max is not None:
+        prop["description"] = f"Seen in training from {feature.min:g} to {feature.max:g}."
+    if allow_nan:
+        prop["nullable"] = True
+    return prop

@@ -1,0 +1,162 @@
+"""marshmallow schemas of the native API's request and response envelopes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, validate
+
+from inference_app.core.bundle import METHODS
+
+
+class Array(fields.Raw):
+    """A JSON array passed through untouched; its rows are checked by the core in one pass."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"type": "array", "items": {}, **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if type(value) is not list:
+            raise ValidationError("Expected an array.")
+        return value
+
+
+class Row(fields.Raw):
+    """One row: an array in the model's feature order or an object keyed by feature name."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {
+            "oneOf": [{"type": "array", "items": {}}, {"type": "object"}],
+            **kwargs.get("metadata", {}),
+        }
+        super().__init__(**kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if type(value) not in (list, dict):
+            raise ValidationError("Expected an array of values or an object of named values.")
+        return value
+
+
+def _method(**kwargs: Any) -> fields.String:
+    return fields.String(
+        load_default="predict",
+        validate=validate.OneOf(METHODS),
+        metadata={
+            "description": "The estimator method: predict (labels or values), predict_proba "
+            "(one probability per class) or decision_function (scores).",
+            **kwargs,
+        },
+    )
+
+
+class PredictRequestSchema(Schema):
+    """Rows to predict, all arrays (feature order) or all objects (feature names)."""
+
+    instances = Array(
+        required=True,
+        metadata={
+            "description": "Rows, shape (n_samples, n_features): arrays in the model's feature "
+            "order, or objects keyed by feature name.",
+            "example": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]],
+        },
+    )
+    method = _method()
+
+
+class PredictResponseSchema(Schema):
+    """Predictions, one per row, in the order of the rows."""
+
+    model_name = fields.String(required=True)
+    model_version = fields.String(required=True)
+    method = fields.String(required=True)
+    predictions = Array(
+        required=True,
+        metadata={
+            "description": "Shape (n_samples,) for predict; (n_samples, n_classes) for "
+            "predict_proba and multiclass decision_function, columns in the order of `classes`."
+        },
+    )
+    classes = Array(
+        metadata={
+            "description": "Class labels of the prediction columns (predict_proba, "
+            "decision_function)."
+        },
+    )
+
+
+class SinglePredictRequestSchema(Schema):
+    """One row for the default model."""
+
+    instance = Row(
+        required=True,
+        metadata={
+            "description": "One row: an array in the model's feature order or an object "
+            "keyed by feature name.",
+            "example": [5.1, 3.5, 1.4, 0.2],
+        },
+    )
+    method = _method()
+
+
+class SinglePredictResponseSchema(Schema):
+    """The prediction for one row."""
+
+    model_name = fields.String(required=True)
+    model_version = fields.String(required=True)
+    method = fields.String(required=True)
+    prediction = fields.Raw(
+        required=True, metadata={"description": "A label, a value, or one number per class."}
+    )
+    classes = Array()
+
+
+class FeatureSchema(Schema):
+    """One input of a model."""
+
+    name = fields.String(required=True)
+    datatype = fields.String(
+        required=True, metadata={"description": "Open Inference Protocol datatype."}
+    )
+    min = fields.Float(allow_none=True, metadata={"description": "Smallest value in training."})
+    max = fields.Float(allow_none=True, metadata={"description": "Largest value in training."})
+
+
+class ModelSummarySchema(Schema):
+    """A model, as listed."""
+
+    name = fields.String(required=True)
+    versions = fields.List(fields.String(), required=True)
+    default_version = fields.String(required=True)
+    ready = fields.Boolean(required=True)
+    task = fields.String(required=True, metadata={"description": "classification or regression"})
+
+
+class ModelListResponseSchema(Schema):
+    """Every model served."""
+
+    models = fields.List(fields.Nested(ModelSummarySchema), required=True)
+
+
+class ModelResponseSchema(ModelSummarySchema):
+    """A model version's metadata, with an example request."""
+
+    version = fields.String(required=True)
+    estimator = fields.String(required=True)
+    format = fields.String(required=True)
+    inputs = fields.List(fields.Nested(FeatureSchema), required=True)
+    classes = Array(allow_none=True)
+    methods = fields.List(fields.String(), required=True)
+    sklearn_version = fields.String(allow_none=True)
+    created = fields.String(allow_none=True)
+    sha256 = fields.String(allow_none=True)
+    warnings = fields.List(fields.String())
+    example_request = fields.Dict(required=True)
+
+
+class HealthResponseSchema(Schema):
+    """A probe's answer."""
+
+    status = fields.String(required=True)
+    message = fields.String()
+    models = fields.Dict(keys=fields.String(), values=fields.Boolean())

@@ -1,0 +1,191 @@
+"""The native v1 API: list models, read one model's metadata, predict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from flask import current_app
+from flask.views import MethodView
+
+from inference_app.core.bundle import Bundle
+from inference_app.core.runtime import Prediction
+from inference_app.http.api import Blueprint, get_registry, get_runtime
+from inference_app.http.schemas import (
+    ModelListResponseSchema,
+    ModelResponseSchema,
+    PredictRequestSchema,
+    PredictResponseSchema,
+    SinglePredictRequestSchema,
+    SinglePredictResponseSchema,
+)
+
+blp = Blueprint(
+    "v1",
+    __name__,
+    description="The native API: models, their metadata, and predictions.",
+)
+
+
+def _document_errors(*codes: int) -> Callable[[Any], Any]:
+    """Document error responses by status, each with the shared error envelope."""
+
+    def decorate(view: Any) -> Any:
+        for code in codes:
+            view = blp.alt_response(code, response=HTTPStatus(code).name)(view)
+        return view
+
+    return decorate
+
+
+@blp.route("/v1/models")
+class Models(MethodView):
+    """The models served."""
+
+    @blp.response(200, ModelListResponseSchema)
+    def get(self) -> dict[str, Any]:
+        """List the models served
+
+        Each with its versions, the default (highest) version, whether it is ready and its task.
+        """
+        registry = get_registry()
+        return {"models": [_summary(name) for name in registry.models]}
+
+
+@blp.route("/v1/models/<name>")
+class ModelDetail(MethodView):
+    """One model's metadata, for its default version."""
+
+    @blp.response(200, ModelResponseSchema)
+    @_document_errors(404)
+    def get(self, name: str) -> dict[str, Any]:
+        """Describe a model
+
+        Its inputs (names, datatypes, training ranges), classes, methods, scikit-learn
+        version and an example request, for its default version.
+        """
+        return _describe(get_registry().get(name))
+
+
+@blp.route("/v1/models/<name>/versions/<version>")
+class ModelVersionDetail(MethodView):
+    """One model version's metadata."""
+
+    @blp.response(200, ModelResponseSchema)
+    @_document_errors(404)
+    def get(self, name: str, version: str) -> dict[str, Any]:
+        """Describe one version of a model"""
+        return _describe(get_registry().get(name, version))
+
+
+@blp.route("/v1/models/<name>:predict")
+class Predict(MethodView):
+    """Predictions of a model's default version."""
+
+    @blp.arguments(PredictRequestSchema)
+    @blp.response(200, PredictResponseSchema)
+    @_document_errors(404, 415, 422, 503)
+    def post(self, body: dict[str, Any], name: str) -> dict[str, Any]:
+        """Predict with a model's default version
+
+        Send rows as arrays in the model's feature order or as objects keyed by feature
+        name; choose `method`: predict, predict_proba or decision_function.
+        """
+        return _batch_response(_predict(name, None, body["instances"], body["method"]))
+
+
+@blp.route("/v1/models/<name>/versions/<version>:predict")
+class PredictVersion(MethodView):
+    """Predictions of one model version."""
+
+    @blp.arguments(PredictRequestSchema)
+    @blp.response(200, PredictResponseSchema)
+    @_document_errors(404, 415, 422, 503)
+    def post(self, body: dict[str, Any], name: str, version: str) -> dict[str, Any]:
+        """Predict with one version of a model"""
+        return _batch_response(_predict(name, version, body["instances"], body["method"]))
+
+
+@blp.route("/predict")
+class PredictOne(MethodView):
+    """The beginner's shape: one row in, one prediction out, default model."""
+
+    @blp.arguments(SinglePredictRequestSchema)
+    @blp.response(200, SinglePredictResponseSchema)
+    @_document_errors(404, 415, 422, 503)
+    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Predict one row with the default model
+
+        The default model is the `DEFAULT_MODEL` setting, else the first model by name.
+        """
+        prediction = _predict(default_model_name(), None, [body["instance"]], body["method"])
+        response = _batch_response(prediction)
+        response["prediction"] = response.pop("predictions")[0]
+        return response
+
+
+def default_model_name() -> str:
+    """Return the model ``POST /predict`` uses: ``DEFAULT_MODEL``, else the first by name.
+
+    With no model loaded, the name is empty, so the lookup answers 404 naming none.
+    """
+    configured: str | None = current_app.config["DEFAULT_MODEL"]
+    return configured or next(iter(get_registry().models), "")
+
+
+def _predict(name: str, version: str | None, instances: list[Any], method: str) -> Prediction:
+    return get_runtime().predict(name, instances, version=version, method=method)
+
+
+def _batch_response(prediction: Prediction) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "model_name": prediction.model_name,
+        "model_version": prediction.model_version,
+        "method": prediction.method,
+        "predictions": prediction.outputs,
+    }
+    if prediction.classes is not None:
+        response["classes"] = prediction.classes
+    return response
+
+
+def _summary(name: str) -> dict[str, Any]:
+    registry = get_registry()
+    model = registry.model(name)
+    return {
+        "name": name,
+        "versions": list(model.versions),
+        "default_version": model.default_version,
+        "ready": registry.model_ready(name),
+        "task": model.default.manifest.task,
+    }
+
+
+def _describe(bundle: Bundle) -> dict[str, Any]:
+    manifest = bundle.manifest
+    return {
+        **_summary(bundle.name),
+        "version": bundle.version,
+        "ready": get_registry().is_ready(bundle),
+        "estimator": manifest.estimator,
+        "format": manifest.format,
+        "inputs": [
+            {"name": f.name, "datatype": f.datatype, "min": f.min, "max": f.max}
+            for f in manifest.inputs
+        ],
+        "classes": None if manifest.classes is None else list(manifest.classes),
+        "methods": list(manifest.methods),
+        "sklearn_version": manifest.sklearn_version,
+        "created": manifest.created,
+        "sha256": manifest.sha256,
+        "warnings": list(bundle.warnings),
+        "example_request": example_request(bundle),
+    }
+
+
+def example_request(bundle: Bundle, rows: int = 2) -> dict[str, Any]:
+    """Return a request body for ``:predict`` built from the bundle's reference rows."""
+    names = bundle.manifest.feature_names
+    reference = bundle.manifest.reference_rows[:rows]
+    return {"instances": [dict(zip(names, row, strict=True)) for row in reference]}
