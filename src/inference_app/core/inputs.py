@@ -71,18 +71,15 @@ def to_matrix(
     elif shapes == {list}:
         rows = _check_lengths(instances, inputs)
     else:
-        index = next(i for i, row in enumerate(instances) if type(row) is not type(instances[0]))
-        if type(instances[0]) in (dict, list):
-            shape = JSON_TYPE_NAMES.get(type(instances[0]), "")
-            problem = f"is {JSON_TYPE_NAMES.get(type(instances[index]), 'a value')}"
-            problem += f" while row 0 is {shape}"
-        else:
-            index, problem = 0, f"is {JSON_TYPE_NAMES.get(type(instances[0]), 'a value')}"
+        first = type(instances[0])
+        if first not in (list, dict):
+            first = list
+        index = next(i for i, row in enumerate(instances) if type(row) is not first)
+        got = JSON_TYPE_NAMES.get(type(instances[index]), "a value")
         raise InvalidInputError(
-            f"row {index} {problem}: send every row as an array of "
-            f"{len(inputs)} values in the model's feature order, or every row as an object "
-            "keyed by feature name",
-            {"instances": {index: ["Expected an array or an object like the other rows."]}},
+            f"row {index} is {got}: send every row as an array of {len(inputs)} values in the "
+            "model's feature order, or every row as an object keyed by feature name",
+            {"instances": {index: [f"Expected an array or an object, got {got}."]}},
         )
     _check_types(rows, inputs, allow_nan)
     try:

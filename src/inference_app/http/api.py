@@ -76,7 +76,7 @@ class JSONProvider(DefaultJSONProvider):
         try:
             return super().loads(s, **kwargs)
         except RecursionError:
-            raise json.JSONDecodeError("JSON nested too deeply", "", 0) from None
+            raise json.JSONDecodeError("JSON nested too deeply", "(body)", 0) from None
 
 
 class JSONBodyParser(FlaskParser):
@@ -90,7 +90,11 @@ class JSONBodyParser(FlaskParser):
                     "Send the request body as JSON with the header Content-Type: application/json"
                 ),
             )
-        return current_app.json.loads(req.get_data(cache=True))
+        try:
+            return current_app.json.loads(req.get_data(cache=True))
+        except json.JSONDecodeError as error:
+            # webargs takes an error on an empty document for a missing body: it is a bad one.
+            raise json.JSONDecodeError(error.msg, error.doc or "(empty body)", error.pos) from None
 
     def _handle_invalid_json_error(
         self, error: Exception, req: Request, *args: Any, **kwargs: Any
@@ -114,9 +118,19 @@ class Api(flask_smorest.Api):  # type: ignore[misc]
     def handle_http_exception(self, error: HTTPException) -> tuple[dict[str, Any], int, Any]:
         """Answer any HTTP error with ``{"code", "status", "message", "errors"}``."""
         payload, code, headers = super().handle_http_exception(error)
-        payload.setdefault("message", _summary(payload.get("errors")) or error.description)
+        payload.setdefault("message", _summary(payload.get("errors")) or _description(error))
         kept = [(key, value) for key, value in error.get_headers() if key != "Content-Type"]
-        return payload, code, [*kept, *dict(headers).items()]
+        return payload, code, [*kept, *dict(headers or {}).items()]
+
+
+def _description(error: HTTPException) -> str:
+    """Return what the caller should do about a Werkzeug error raised outside our views."""
+    if error.code == 413:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        return f"The body is larger than {limit} bytes: send fewer rows per request."
+    if error.code == 404:
+        return "No such route: the routes are listed at /docs and /openapi.json."
+    return error.description or HTTP_STATUS_CODES.get(error.code or 500, "Error")
 
 
 def _summary(errors: Any, prefix: str = "") -> str:

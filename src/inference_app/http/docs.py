@@ -6,8 +6,9 @@ from typing import Any
 
 import swagger_ui_bundle
 from flask import Blueprint, Flask
+from werkzeug.routing import Rule
 
-from inference_app.core.bundle import Bundle
+from inference_app.core.bundle import Bundle, Feature
 from inference_app.core.registry import Registry
 from inference_app.http.api import Api
 from inference_app.http.v1 import example_request
@@ -61,7 +62,8 @@ def _document_model(api: Api, bundle: Bundle) -> None:
     if manifest.classes is not None:
         description += f" Classes: {', '.join(map(str, manifest.classes))}."
     api.spec.path(
-        path=f"/v1/models/{bundle.name}:predict",
+        # flask-smorest's plugin reads the path from a Werkzeug rule: here one without variables.
+        rule=Rule(f"/v1/models/{bundle.name}:predict"),
         operations={
             "post": {
                 "tags": [TAG],
@@ -104,7 +106,7 @@ def _document_model(api: Api, bundle: Bundle) -> None:
     )
 
 
-def _property(feature: Any, allow_nan: bool) -> dict[str, Any]:
+def _property(feature: Feature, allow_nan: bool) -> dict[str, Any]:
     prop: dict[str, Any] = {"type": JSON_SCHEMA_TYPES[feature.datatype]}
     if feature.min is not None and feature.max is not None:
         prop["description"] = f"Seen in training from {feature.min:g} to {feature.max:g}."
