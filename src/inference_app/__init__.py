@@ -29,12 +29,21 @@ def create_app(
     :raises inference_app.config.ConfigError: a setting has a bad value.
     :raises inference_app.core.errors.BundleError: a model bundle cannot be loaded.
     """
-    app = Flask(__name__, instance_path=str(config.resolve_instance_path(instance_path)))
+    app = Flask(
+        __name__,
+        instance_path=str(config.resolve_instance_path(instance_path)),
+        instance_relative_config=True,
+    )
     config.init_app(app, test_config)
 
     registry = Registry(config.models_dir(app))
     registry.load()
-    runtime = Runtime(registry, max_rows=app.config["MAX_ROWS"])
+    config.check_default_model(app, registry.models)
+    runtime = Runtime(
+        registry,
+        max_rows=app.config["MAX_ROWS"],
+        unknown_features=app.config["UNKNOWN_FEATURES"],
+    )
     if app.config["WARM_UP"] == "on_load":
         runtime.warm_up()
     api.init_services(app, registry, runtime)

@@ -38,7 +38,11 @@ def main() -> None:
 
 def _models_dir(instance_path: Path) -> Path:
     """Return the models folder of an instance folder, honouring MODELS_DIR from the env."""
-    app = Flask("inference_app", instance_path=str(config.resolve_instance_path(instance_path)))
+    app = Flask(
+        "inference_app",
+        instance_path=str(config.resolve_instance_path(instance_path)),
+        instance_relative_config=True,
+    )
     config.init_app(app)
     return config.models_dir(app)
 

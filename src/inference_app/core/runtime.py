@@ -124,7 +124,11 @@ class Runtime:
         :returns: the estimator's output, first dimension ``n_samples``.
         """
         # to_matrix has checked finiteness already; scikit-learn need not check again.
-        with sklearn.config_context(assume_finite=not bundle.manifest.allow_nan):
+        # Overflow in the estimator's arithmetic is caught by json_values, not warned about.
+        with (
+            sklearn.config_context(assume_finite=not bundle.manifest.allow_nan),
+            np.errstate(all="ignore"),
+        ):
             result: np.ndarray = getattr(bundle.estimator, method)(matrix)
         return result
 
