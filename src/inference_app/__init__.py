@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-
-from inference_app import config
-from inference_app.core.registry import Registry
-from inference_app.core.runtime import Runtime
-from inference_app.http import api, docs, health, v1
+if TYPE_CHECKING:
+    from flask import Flask
 
 __version__ = "0.1.0"
 
@@ -29,6 +25,14 @@ def create_app(
     :raises inference_app.config.ConfigError: a setting has a bad value.
     :raises inference_app.core.errors.BundleError: a model bundle cannot be loaded.
     """
+    # Imported here so that importing the serving core (inference_app.core) loads no Flask.
+    from flask import Flask
+
+    from inference_app import config
+    from inference_app.core.registry import Registry
+    from inference_app.core.runtime import Runtime
+    from inference_app.http import api, docs, health, v1
+
     app = Flask(
         __name__,
         instance_path=str(config.resolve_instance_path(instance_path)),
