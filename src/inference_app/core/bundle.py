@@ -251,17 +251,17 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     if manifest_path.is_file():
         manifest = _read_manifest(manifest_path, name, version)
         data = _read_checked(folder, manifest)
-        estimator, notes = _unpickle(folder / manifest.file, data)
+        estimator, notes = _unpickle(f"{name}/{version}/{manifest.file}", data)
         _check_consistent(manifest, estimator, folder)
         return Bundle(manifest=manifest, estimator=estimator, path=folder, warnings=notes)
     bare = folder / JOBLIB_FILE
     if not bare.is_file():
         raise BundleError(f"{folder}: no {MANIFEST_FILE} and no {JOBLIB_FILE}")
-    estimator, notes = _unpickle(bare, bare.read_bytes())
+    estimator, notes = _unpickle(f"{name}/{version}/{JOBLIB_FILE}", bare.read_bytes())
     manifest = _infer_manifest(estimator, name, version)
     note = (
-        f"{bare}: no {MANIFEST_FILE}, so its checksum is not verified and its inputs are "
-        "inferred; write a bundle with `inference-app package`"
+        f"{name}/{version}/{JOBLIB_FILE}: no {MANIFEST_FILE}, so its checksum is not verified "
+        "and its inputs are inferred; write a bundle with `inference-app package`"
     )
     logger.warning(note)
     return Bundle(manifest=manifest, estimator=estimator, path=folder, warnings=(note, *notes))
@@ -305,7 +305,8 @@ def _read_checked(folder: Path, manifest: Manifest) -> bytes:
     return data
 
 
-def _unpickle(file: Path, data: bytes) -> tuple[Any, tuple[str, ...]]:
+def _unpickle(file: str, data: bytes) -> tuple[Any, tuple[str, ...]]:
+    """Unpickle an estimator; ``file`` names it relative to the models folder in messages."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
