@@ -37,6 +37,14 @@ DEFAULTS: dict[str, Any] = {
     "OPENAPI_SWAGGER_UI_PATH": "docs",
     "OPENAPI_SWAGGER_UI_URL": "docs/static/",
     "OPENAPI_SWAGGER_UI_CONFIG": {"tryItOutEnabled": True, "displayRequestDuration": True},
+    "API_SPEC_OPTIONS": {
+        "info": {
+            "description": "Predictions from scikit-learn models. Each model under `models` "
+            "has its own operation with its feature names and an example you can send as is. "
+            "Errors answer `{code, status, message, errors}`; `errors` names the row and the "
+            "feature at fault."
+        }
+    },
 }
 
 
