@@ -11,7 +11,7 @@ import numpy as np
 from flask import Flask
 from flask.cli import FlaskGroup
 
-from inference_app import config, create_app
+from inference_app import __version__, config, create_app
 from inference_app.core.bundle import write_bundle
 from inference_app.core.errors import BundleError
 from inference_app.core.registry import discover
@@ -31,7 +31,8 @@ def _app() -> Flask:
     return create_app()
 
 
-@click.group(cls=FlaskGroup, create_app=_app, add_version_option=True)
+@click.group(cls=FlaskGroup, create_app=_app, add_version_option=False)
+@click.version_option(__version__, package_name="inference-app")
 def main() -> None:
     """Serve scikit-learn models over HTTP; `inference-app run` starts a development server."""
 
@@ -80,7 +81,12 @@ def package(
     The estimator file is unpickled: package only files you trust.
     """
     names, rows = read_sample(sample)
-    estimator = joblib.load(estimator_file)
+    try:
+        estimator = joblib.load(estimator_file)
+    except Exception as error:  # unpickling can fail in any way; say how, without a traceback
+        raise click.ClickException(
+            f"{estimator_file}: cannot load: {type(error).__name__}: {error}"
+        ) from None
     try:
         bundle = write_bundle(
             estimator,
@@ -127,7 +133,8 @@ def read_sample(path: Path) -> tuple[list[str], np.ndarray]:
 
     :raises click.ClickException: no header, ragged or non-numeric rows.
     """
-    with path.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig: spreadsheet programs start "CSV UTF-8" files with a byte-order mark.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         names = next(reader, None)
         if not names:

@@ -21,7 +21,9 @@ import joblib
 import numpy as np
 import sklearn
 from sklearn.base import is_classifier
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import get_tags
+from sklearn.utils.validation import check_is_fitted
 
 from inference_app.core.errors import BundleError
 
@@ -32,7 +34,7 @@ JOBLIB_FILE = "model.joblib"
 #: The prediction methods the server exposes, in the order it lists them.
 METHODS = ("predict", "predict_proba", "decision_function")
 #: Names and versions are single path segments: no separators, no leading dot.
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: Open Inference Protocol datatypes (KServe V2, "Tensor Data Types") the server accepts.
 DATATYPES = ("BOOL", "INT64", "FP32", "FP64")
 REFERENCE_ROWS = 5
@@ -157,7 +159,7 @@ def check_name(kind: str, value: str) -> str:
 
     :raises BundleError: ``value`` could escape the models folder or is not a plain name.
     """
-    if not NAME_PATTERN.match(value):
+    if not NAME_PATTERN.fullmatch(value):
         raise BundleError(
             f"{kind} {value!r} is not allowed: use 1 to 128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -197,11 +199,18 @@ def write_bundle(
         estimator's ``feature_names_in_``, else ``x0``, ``x1``, ...
     :param overwrite: replace an existing bundle of the same name and version.
     :returns: the bundle as the server will load it.
-    :raises BundleError: a bad name or version, a sample that does not fit the estimator,
-        a non-numeric feature, or an existing bundle without ``overwrite``.
+    :raises BundleError: a bad name or version, an estimator without ``predict`` or not
+        fitted, a sample that does not fit it, a non-numeric feature, or an existing bundle
+        without ``overwrite``.
     """
     check_name("model name", name)
     check_name("version", version)
+    if not hasattr(estimator, "predict"):
+        raise BundleError(f"a {type(estimator).__name__} has no predict method to serve")
+    try:
+        check_is_fitted(estimator)
+    except NotFittedError as error:
+        raise BundleError(f"the estimator is not fitted: {error}") from None
     target = Path(models_dir) / name / version
     if (target / MANIFEST_FILE).exists() and not overwrite:
         raise BundleError(f"{target} already holds a bundle; pass overwrite to replace it")
@@ -391,7 +400,7 @@ def _describe_sample(
         raise BundleError("the sample's columns differ from the estimator's feature_names_in_")
     inputs = []
     for index, (feature_name, dtype) in enumerate(zip(names, dtypes, strict=True)):
-        datatype = _datatype(np.dtype(dtype), feature_name)
+        datatype = _datatype(dtype, feature_name)
         column = matrix[:, index].astype(np.float64)
         finite = column[np.isfinite(column)]
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
@@ -399,7 +408,12 @@ def _describe_sample(
     return tuple(inputs), matrix.astype(np.float64)
 
 
-def _datatype(dtype: np.dtype[Any], feature: str) -> str:
+def _datatype(dtype: Any, feature: str) -> str:
+    if not isinstance(dtype, np.dtype):  # pandas extension dtypes: str, category, Int64
+        raise BundleError(
+            f"feature {feature!r} has dtype {dtype}; only numeric and boolean features are "
+            "served: encode it, or convert it to a numpy dtype"
+        )
     if dtype.kind == "b":
         return "BOOL"
     if dtype.kind in "iu":

@@ -18,9 +18,11 @@ logger = logging.getLogger(__name__)
 
 
 def version_key(version: str) -> tuple[tuple[int, str], ...]:
-    """Return a sort key under which ``"10"`` follows ``"9"`` and ``"1.10"`` follows ``"1.9"``."""
+    """Return a sort key under which ``"10"`` follows ``"9"``, ``"1.10"`` follows ``"1.9"``
+    and ``"v10"`` follows ``"v9"``: runs of ASCII digits compare as numbers."""
     return tuple(
-        (int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.\-_]", version)
+        (int(number), "") if number else (-1, text)
+        for number, text in re.findall(r"([0-9]+)|([^0-9._-]+)", version)
     )
 
 

@@ -1,0 +1,397 @@
+"""End-to-end tests: real Gunicorn serving the demo bundles over HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import html.parser
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urljoin, urlsplit
+
+import numpy as np
+import pytest
+import requests
+
+from inference_app.core.bundle import load_bundle
+from inference_app.demo import DEMOS, load_demo_data, write_demo_bundles
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+GUNICORN = Path(sys.executable).parent / "gunicorn"
+#: Seconds a server may take to become ready, or to exit when it must fail.
+START_TIMEOUT = 30.0
+#: Seconds a server has to stop after SIGTERM before it is killed.
+STOP_TIMEOUT = 10.0
+#: Seconds one HTTP request may take.
+REQUEST_TIMEOUT = 30.0
+#: MAX_CONTENT_LENGTH of the shared server: room for every demo dataset, and a 413 to test.
+MAX_CONTENT_LENGTH = 1_000_000
+#: Gunicorn's error log format: ``[time] [pid] [LEVEL] message``.
+LOG_LINE = re.compile(r"^\[[^\]]+\] \[(?P<pid>\d+)\] \[(?P<level>[A-Z]+)\] (?P<message>.*)$")
+
+
+@dataclass
+class Server:
+    """A Gunicorn server started by a test: its process, address, instance and log."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    instance: Path
+    log_path: Path
+
+    def log(self) -> str:
+        """Return everything the server wrote to stdout and stderr so far."""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def start_gunicorn(instance: Path, log_path: Path, *, workers: int = 2, **settings: str) -> Server:
+    """Start ``gunicorn -c gunicorn.conf.py wsgi:app`` from the repository root.
+
+    :param settings: extra environment variables, e.g. ``INFERENCE_APP_MAX_CONTENT_LENGTH``.
+    """
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("GUNICORN_", "INFERENCE_APP_"))
+    }
+    env.update(
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        GUNICORN_WORKERS=str(workers),
+        INFERENCE_APP_INSTANCE_PATH=str(instance),
+        **settings,
+    )
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [str(GUNICORN), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    return Server(process, f"http://127.0.0.1:{port}", instance, log_path)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    """Return whether ``condition`` became true within ``timeout`` seconds (bounded polling)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 1):
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    return condition()
+
+
+def wait_ready(server: Server) -> None:
+    """Poll ``GET /health/ready`` until 200; fail with the server's log otherwise."""
+
+    def ready() -> bool:
+        if server.process.poll() is not None:
+            pytest.fail(
+                f"gunicorn exited with {server.process.returncode} before it was ready:\n"
+                f"{server.log()}"
+            )
+        try:
+            return requests.get(f"{server.url}/health/ready", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    if not wait_until(ready, START_TIMEOUT, interval=0.2):
+        pytest.fail(f"gunicorn was not ready within {START_TIMEOUT} s:\n{server.log()}")
+
+
+def stop(server: Server) -> None:
+    """Send SIGTERM and wait; kill the server if it has not stopped in time."""
+    if server.process.poll() is not None:
+        return
+    server.process.send_signal(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait(timeout=STOP_TIMEOUT)
+
+
+def log_records(log: str) -> list[tuple[int, str]]:
+    """Return ``(pid, message)`` of each Gunicorn error-log line of ``log``."""
+    return [
+        (int(match["pid"]), match["message"])
+        for match in map(LOG_LINE.match, log.splitlines())
+        if match
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Gunicorn with 2 workers over freshly written demo bundles, ready to serve."""
+    root = tmp_path_factory.mktemp("gunicorn")
+    instance = root / "instance"
+    write_demo_bundles(instance / "models")
+    runtime_dir = root / "run"
+    runtime_dir.mkdir()
+    server = start_gunicorn(
+        instance,
+        root / "gunicorn.log",
+        INFERENCE_APP_MAX_CONTENT_LENGTH=str(MAX_CONTENT_LENGTH),
+        # Gunicorn's default control socket lives here; it must stay unused (no collisions).
+        XDG_RUNTIME_DIR=str(runtime_dir),
+    )
+    try:
+        wait_ready(server)
+        yield server
+    finally:
+        stop(server)
+
+
+def post_predict(server: Server, name: str, body: dict[str, object]) -> dict[str, object]:
+    """POST ``body`` to ``/v1/models/<name>:predict`` and return the 200 answer's JSON."""
+    response = requests.post(
+        f"{server.url}/v1/models/{name}:predict", json=body, timeout=REQUEST_TIMEOUT
+    )
+    assert response.status_code == 200, response.text[:2000]
+    payload: dict[str, object] = response.json()
+    return payload
+
+
+@pytest.mark.parametrize("name", list(DEMOS))
+def test_predicts_full_dataset_like_in_process(server: Server, name: str) -> None:
+    rows, _, _ = load_demo_data(name)
+    estimator = load_bundle(server.instance / "models" / name / "1").estimator
+    expected = estimator.predict(rows)
+
+    payload = post_predict(server, name, {"instances": rows.tolist()})
+
+    assert payload["model_name"] == name
+    assert payload["model_version"] == "1"
+    assert payload["method"] == "predict"
+    predictions = payload["predictions"]
+    assert isinstance(predictions, list)
+    assert len(predictions) == len(rows)
+    if name == "diabetes":
+        np.testing.assert_allclose(np.asarray(predictions), expected, rtol=1e-12)
+    else:
+        assert predictions == expected.tolist()
+
+
+def test_predicts_records_in_any_key_order(server: Server) -> None:
+    rows, _, names = load_demo_data("iris")
+    estimator = load_bundle(server.instance / "models" / "iris" / "1").estimator
+    # Keys in reverse feature order: the server must reorder them to the model's order.
+    records = [dict(reversed(list(zip(names, row, strict=True)))) for row in rows.tolist()]
+
+    payload = post_predict(server, "iris", {"instances": records})
+
+    assert payload["predictions"] == estimator.predict(rows).tolist()
+
+
+def test_predict_proba_with_classes(server: Server) -> None:
+    rows, _, _ = load_demo_data("breast_cancer")
+    estimator = load_bundle(server.instance / "models" / "breast_cancer" / "1").estimator
+
+    payload = post_predict(
+        server, "breast_cancer", {"instances": rows.tolist(), "method": "predict_proba"}
+    )
+
+    assert payload["method"] == "predict_proba"
+    assert payload["classes"] == estimator.classes_.tolist()
+    probabilities = np.asarray(payload["predictions"])
+    assert probabilities.shape == (len(rows), len(estimator.classes_))
+    np.testing.assert_allclose(probabilities, estimator.predict_proba(rows), rtol=1e-12)
+
+
+def test_each_worker_warms_up_and_the_master_runs_no_inference(server: Server) -> None:
+    master = server.process.pid
+
+    def warmed_pids() -> set[int]:
+        pattern = re.compile(r"worker (\d+) warmed its models")
+        return {
+            int(found[1])
+            for _, message in log_records(server.log())
+            if (found := pattern.search(message))
+        }
+
+    # /health/ready answered from one worker; the other may still be warming up.
+    wait_until(lambda: len(warmed_pids()) >= 2, START_TIMEOUT)
+    log = server.log()
+    records = log_records(log)
+    booted = {
+        int(found[1])
+        for _, message in records
+        if (found := re.search(r"Booting worker with pid: (\d+)", message))
+    }
+
+    assert any(
+        pid == master and f"({master})" in message and message.startswith("Listening at")
+        for pid, message in records
+    ), f"the Popen pid {master} is not the master's:\n{log}"
+    assert len(warmed_pids()) == 2, log
+    assert warmed_pids() == booted, log
+    assert master not in warmed_pids(), log
+    for pid, message in records:
+        if "warm" in message:
+            assert pid != master, f"the master logged a warm-up:\n{log}"
+            assert f"worker {pid} " in message, log
+
+
+def test_liveness(server: Server) -> None:
+    response = requests.get(f"{server.url}/health/live", timeout=REQUEST_TIMEOUT)
+
+    assert response.status_code == 200
+    assert response.json()["status"] == "alive"
+
+
+class AssetCollector(html.parser.HTMLParser):
+    """Collect the ``src`` of scripts and images and the ``href`` of links in a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.assets: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        wanted = {"script": "src", "img": "src", "link": "href"}.get(tag)
+        for key, value in attrs:
+            if key == wanted and value:
+                self.assets.append(value)
+
+
+def test_docs_use_only_local_assets(server: Server) -> None:
+    page_url = f"{server.url}/docs"
+    response = requests.get(page_url, timeout=REQUEST_TIMEOUT)
+
+    assert response.status_code == 200, response.text[:2000]
+    assert response.headers["Content-Type"].startswith("text/html")
+    collector = AssetCollector()
+    collector.feed(response.text)
+    assert any(asset.endswith("swagger-ui-bundle.js") for asset in collector.assets)
+    for asset in collector.assets:
+        assert not asset.startswith(("http://", "https://", "//")), asset
+        resolved = urljoin(response.url, asset)
+        assert urlsplit(resolved).netloc == urlsplit(page_url).netloc, resolved
+        assert requests.get(resolved, timeout=REQUEST_TIMEOUT).status_code == 200, resolved
+
+
+def test_swagger_ui_bundle_is_served(server: Server) -> None:
+    response = requests.get(
+        f"{server.url}/docs/static/swagger-ui-bundle.js", timeout=REQUEST_TIMEOUT
+    )
+
+    assert response.status_code == 200
+    assert "SwaggerUIBundle" in response.text
+
+
+def test_unknown_route_is_a_json_404(server: Server) -> None:
+    response = requests.get(f"{server.url}/no/such/route", timeout=REQUEST_TIMEOUT)
+
+    assert response.status_code == 404
+    assert response.headers["Content-Type"] == "application/json"
+    body = response.json()
+    assert body["code"] == 404
+    assert body["status"] == "Not Found"
+    assert body["message"]
+
+
+def test_unknown_model_is_a_json_404_naming_the_models(server: Server) -> None:
+    response = requests.post(
+        f"{server.url}/v1/models/no_such_model:predict",
+        json={"instances": [[1.0, 2.0]]},
+        timeout=REQUEST_TIMEOUT,
+    )
+
+    assert response.status_code == 404
+    body = response.json()
+    assert body["code"] == 404
+    for name in DEMOS:
+        assert name in body["message"]
+
+
+def test_wrong_method_is_a_json_405_with_allow(server: Server) -> None:
+    response = requests.post(f"{server.url}/health/live", json={}, timeout=REQUEST_TIMEOUT)
+
+    assert response.status_code == 405
+    assert "GET" in {method.strip() for method in response.headers["Allow"].split(",")}
+    assert "POST" not in response.headers["Allow"]
+    body = response.json()
+    assert body["code"] == 405
+    assert body["status"] == "Method Not Allowed"
+
+
+def test_body_over_the_limit_is_a_json_413(server: Server) -> None:
+    row = "[" + ", ".join(["1.0"] * 4) + "]"
+    body = '{"instances": [' + ", ".join([row] * (MAX_CONTENT_LENGTH // len(row) + 10)) + "]}"
+    assert len(body.encode()) > MAX_CONTENT_LENGTH
+
+    response = requests.post(
+        f"{server.url}/v1/models/iris:predict",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=REQUEST_TIMEOUT,
+    )
+
+    assert response.status_code == 413, response.text[:2000]
+    payload = response.json()
+    assert payload["code"] == 413
+    assert str(MAX_CONTENT_LENGTH) in payload["message"]
+    # The server is still serving after refusing the body.
+    assert requests.get(f"{server.url}/health/live", timeout=REQUEST_TIMEOUT).status_code == 200
+
+
+def test_second_server_on_the_same_host_starts_too(server: Server, tmp_path: Path) -> None:
+    runtime_dir = server.log_path.parent / "run"
+    second = start_gunicorn(
+        server.instance, tmp_path / "second.log", workers=1, XDG_RUNTIME_DIR=str(runtime_dir)
+    )
+    try:
+        wait_ready(second)
+        both = [
+            requests.get(f"{url}/health/ready", timeout=REQUEST_TIMEOUT).status_code
+            for url in (server.url, second.url)
+        ]
+    finally:
+        stop(second)
+
+    assert both == [200, 200]
+    assert second.url != server.url
+    # No control socket unless GUNICORN_CONTROL_SOCKET is set: none at Gunicorn's default path.
+    assert list(runtime_dir.iterdir()) == []
+    for log in (server.log(), second.log()):
+        assert "control socket" not in log.lower(), log
+    assert second.process.returncode == 0, second.log()
+
+
+def test_bad_bundle_stops_the_server_at_start(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    write_demo_bundles(instance / "models")
+    with (instance / "models" / "iris" / "1" / "model.joblib").open("ab") as handle:
+        handle.write(b"\0")
+
+    bad = start_gunicorn(instance, tmp_path / "gunicorn.log")
+    try:
+        exited = wait_until(lambda: bad.process.poll() is not None, START_TIMEOUT)
+    finally:
+        stop(bad)
+
+    log = bad.log()
+    assert exited, f"gunicorn still ran {START_TIMEOUT} s after start:\n{log}"
+    assert bad.process.returncode != 0, log
+    assert "iris/1/model.joblib" in log, log
+    assert "sha256 mismatch" in log, log
+    assert "Booting worker" not in log, log
