@@ -215,25 +215,20 @@ def write_bundle(
     if (target / MANIFEST_FILE).exists() and not overwrite:
         raise BundleError(f"{target} already holds a bundle; pass overwrite to replace it")
     inputs, matrix = _describe_sample(estimator, sample, feature_names)
-    classes = tuple(np.asarray(estimator.classes_).tolist()) if is_classifier(estimator) else None
     payload = io.BytesIO()
     joblib.dump(estimator, payload)
     data = payload.getvalue()
     manifest = Manifest(
         name=name,
         version=version,
-        task="classification" if classes is not None else "regression",
         inputs=inputs,
-        methods=tuple(method for method in METHODS if hasattr(estimator, method)),
-        estimator=f"{type(estimator).__module__}.{type(estimator).__qualname__}",
         format="joblib",
         file=JOBLIB_FILE,
         sha256=sha256_of(data),
-        classes=classes,
         sklearn_version=sklearn.__version__,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        allow_nan=_allows_nan(estimator),
         reference=_reference(matrix, inputs),
+        **_describe_estimator(estimator),
     )
     target.mkdir(parents=True, exist_ok=True)
     _write_atomically(target / JOBLIB_FILE, data)
@@ -357,18 +352,25 @@ def _infer_manifest(estimator: Any, name: str, version: str) -> Manifest:
             )
         names = [f"x{index}" for index in range(n_features)]
     inputs = tuple(Feature(name=str(feature)) for feature in names)
-    classes = tuple(np.asarray(estimator.classes_).tolist()) if is_classifier(estimator) else None
     return Manifest(
         name=name,
         version=version,
-        task="classification" if classes is not None else "regression",
         inputs=inputs,
-        methods=tuple(method for method in METHODS if hasattr(estimator, method)),
-        estimator=f"{type(estimator).__module__}.{type(estimator).__qualname__}",
-        classes=classes,
-        allow_nan=_allows_nan(estimator),
         reference={"rows": [[0.0] * len(inputs)]},
+        **_describe_estimator(estimator),
     )
+
+
+def _describe_estimator(estimator: Any) -> dict[str, Any]:
+    """Return the manifest fields read off a fitted estimator."""
+    classes = tuple(np.asarray(estimator.classes_).tolist()) if is_classifier(estimator) else None
+    return {
+        "task": "classification" if classes is not None else "regression",
+        "methods": tuple(method for method in METHODS if hasattr(estimator, method)),
+        "estimator": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
+        "classes": classes,
+        "allow_nan": _allows_nan(estimator),
+    }
 
 
 def _describe_sample(

@@ -79,31 +79,21 @@ class ModelVersionDetail(MethodView):
         return _describe(get_registry().get(name, version))
 
 
-@blp.route("/v1/models/<name>:predict")
+@blp.route("/v1/models/<name>/versions/<version>:predict", endpoint="PredictVersion")
+@blp.route("/v1/models/<name>:predict", endpoint="Predict")
 class Predict(MethodView):
-    """Predictions of a model's default version."""
+    """Predictions of a model: its default version, or the one named."""
 
     @blp.arguments(PredictRequestSchema)
     @blp.response(200, PredictResponseSchema)
     @_document_errors(404, 415, 422, 503)
-    def post(self, body: dict[str, Any], name: str) -> dict[str, Any]:
-        """Predict with a model's default version
+    def post(self, body: dict[str, Any], name: str, version: str | None = None) -> dict[str, Any]:
+        """Predict with a model
 
         Send rows as arrays in the model's feature order or as objects keyed by feature
-        name; choose `method`: predict, predict_proba or decision_function.
+        name; choose `method`: predict, predict_proba or decision_function. Without a
+        version, the model's highest version answers.
         """
-        return _batch_response(_predict(name, None, body["instances"], body["method"]))
-
-
-@blp.route("/v1/models/<name>/versions/<version>:predict")
-class PredictVersion(MethodView):
-    """Predictions of one model version."""
-
-    @blp.arguments(PredictRequestSchema)
-    @blp.response(200, PredictResponseSchema)
-    @_document_errors(404, 415, 422, 503)
-    def post(self, body: dict[str, Any], name: str, version: str) -> dict[str, Any]:
-        """Predict with one version of a model"""
         return _batch_response(_predict(name, version, body["instances"], body["method"]))
 
 
