@@ -54,17 +54,7 @@ def to_matrix(
         handles them); infinity is never accepted.
     :raises InvalidInputError: naming the row and the feature at fault, and what to send.
     """
-    count = len(instances)
-    if count == 0:
-        raise InvalidInputError(
-            "`instances` is empty: send at least one row",
-            {"instances": ["Send at least one row."]},
-        )
-    if count > max_rows:
-        raise InvalidInputError(
-            f"{count} rows is more than the {max_rows} one request may hold: split the batch",
-            {"instances": [f"At most {max_rows} rows per request."]},
-        )
+    check_row_count(len(instances), max_rows)
     shapes = set(map(type, instances))
     if shapes == {dict}:
         rows: Sequence[Sequence[Any]] = _rows_from_records(instances, inputs, unknown_features)
@@ -86,8 +76,24 @@ def to_matrix(
         matrix = np.array(rows, dtype=np.float64)
     except OverflowError:
         _raise_overflow(rows, inputs)
-    _check_finite(matrix, inputs, allow_nan)
+    check_finite(matrix, inputs, allow_nan)
     return matrix
+
+
+def check_row_count(count: int, max_rows: int, field: str = "instances") -> None:
+    """Check that a request holds from 1 to ``max_rows`` rows.
+
+    :raises InvalidInputError: no rows, or too many.
+    """
+    if count == 0:
+        raise InvalidInputError(
+            f"`{field}` is empty: send at least one row", {field: ["Send at least one row."]}
+        )
+    if count > max_rows:
+        raise InvalidInputError(
+            f"{count} rows is more than the {max_rows} one request may hold: split the batch",
+            {field: [f"At most {max_rows} rows per request."]},
+        )
 
 
 def _rows_from_records(
@@ -169,7 +175,11 @@ def _as_float(value: int) -> float:
         return math.inf
 
 
-def _check_finite(matrix: np.ndarray, inputs: Sequence[Feature], allow_nan: bool) -> None:
+def check_finite(matrix: np.ndarray, inputs: Sequence[Feature], allow_nan: bool) -> None:
+    """Check a ``(n_samples, n_features)`` matrix holds no infinity, nor NaN unless allowed.
+
+    :raises InvalidInputError: naming the first row and feature at fault.
+    """
     bad = np.isinf(matrix) if allow_nan else ~np.isfinite(matrix)
     if not bad.any():
         return

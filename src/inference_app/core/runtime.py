@@ -32,6 +32,7 @@ class Prediction:
     :param outputs: JSON-native values: shape ``(n_samples,)`` for ``predict`` and for a
         binary ``decision_function``, ``(n_samples, n_classes)`` for ``predict_proba`` and a
         multiclass ``decision_function``.
+    :param shape: the shape of ``outputs``.
     :param classes: the class labels the columns of ``outputs`` stand for, for
         ``predict_proba`` and ``decision_function`` of classifiers; else ``None``.
     """
@@ -40,6 +41,7 @@ class Prediction:
     model_version: str
     method: str
     outputs: list[Any]
+    shape: tuple[int, ...]
     classes: list[Any] | None
 
 
@@ -70,6 +72,24 @@ class Runtime:
             module=r"sklearn\.",
         )
 
+    def serving(self, name: str, version: str | None = None, method: str = "predict") -> Bundle:
+        """Return the bundle that answers for ``name`` and ``version`` with ``method``.
+
+        :raises ModelNotFoundError: no such model or version.
+        :raises ModelNotReadyError: the model is not warmed up in this process.
+        :raises MethodNotAvailableError: the estimator lacks ``method``.
+        """
+        bundle = self.registry.get(name, version)
+        if not self.registry.is_ready(bundle):
+            raise ModelNotReadyError(f"model {name!r} version {bundle.version!r} is warming up")
+        methods = bundle.manifest.methods
+        if method not in methods:
+            raise MethodNotAvailableError(
+                f"model {name!r} has no method {method!r}; it has {', '.join(methods)}",
+                {"method": [f"Must be one of: {', '.join(methods)}."]},
+            )
+        return bundle
+
     def predict(
         self,
         name: str,
@@ -90,30 +110,32 @@ class Runtime:
         :raises InvalidInputError: a row does not fit the model's inputs.
         :raises InvalidOutputError: the estimator returned NaN or infinity.
         """
-        bundle = self.registry.get(name, version)
-        manifest = bundle.manifest
-        if not self.registry.is_ready(bundle):
-            raise ModelNotReadyError(f"model {name!r} version {bundle.version!r} is warming up")
-        if method not in manifest.methods:
-            raise MethodNotAvailableError(
-                f"model {name!r} has no method {method!r}; it has {', '.join(manifest.methods)}",
-                {"method": [f"Must be one of: {', '.join(manifest.methods)}."]},
-            )
+        bundle = self.serving(name, version, method)
         matrix = to_matrix(
             instances,
-            manifest.inputs,
+            bundle.manifest.inputs,
             max_rows=self.max_rows,
             unknown_features=self.unknown_features,
-            allow_nan=manifest.allow_nan,
+            allow_nan=bundle.manifest.allow_nan,
         )
+        return self.predict_matrix(bundle, matrix, method)
+
+    def predict_matrix(self, bundle: Bundle, matrix: np.ndarray, method: str) -> Prediction:
+        """Predict for rows already checked against the bundle's inputs.
+
+        :param matrix: float64 rows, ``(n_samples, n_features)``, as made by
+            :func:`~inference_app.core.inputs.to_matrix` or a protocol's decoder.
+        :raises InvalidOutputError: the estimator returned NaN or infinity.
+        """
         outputs = self.execute(bundle, method, matrix)
-        classes = None if method == "predict" or manifest.classes is None else manifest.classes
+        classes = bundle.manifest.classes
         return Prediction(
             model_name=bundle.name,
             model_version=bundle.version,
             method=method,
             outputs=json_values(outputs),
-            classes=None if classes is None else list(classes),
+            shape=tuple(np.shape(outputs)),
+            classes=None if method == "predict" or classes is None else list(classes),
         )
 
     def execute(self, bundle: Bundle, method: str, matrix: np.ndarray) -> np.ndarray:

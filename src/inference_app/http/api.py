@@ -1,4 +1,4 @@
-"""The flask-smorest Api: JSON parsing, one error envelope for every status, per-app services."""
+"""The flask-smorest Api, its JSON parsing and blueprints, and the per-app services."""
 
 from __future__ import annotations
 
@@ -12,24 +12,12 @@ from flask import Flask, Request, current_app
 from flask.json.provider import DefaultJSONProvider
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.exceptions import HTTPException
-from werkzeug.http import HTTP_STATUS_CODES
 
-from inference_app.core.errors import (
-    InferenceAppError,
-    InvalidInputError,
-    ModelNotFoundError,
-    ModelNotReadyError,
-)
 from inference_app.core.registry import Registry
 from inference_app.core.runtime import Runtime
+from inference_app.http import errors
 
 EXTENSION = "inference_app"
-#: The HTTP status of each domain error a request can meet; any other error is a 500.
-STATUS_OF_ERROR: dict[type[InferenceAppError], int] = {
-    ModelNotFoundError: 404,
-    ModelNotReadyError: 503,
-    InvalidInputError: 422,
-}
 
 
 @dataclass(frozen=True)
@@ -113,58 +101,16 @@ class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
 
 
 class Api(flask_smorest.Api):  # type: ignore[misc]
-    """flask-smorest's Api, keeping Werkzeug's headers (``Allow`` on 405) in error responses."""
+    """flask-smorest's Api, answering HTTP errors in the dialect of the request's protocol."""
 
     def handle_http_exception(self, error: HTTPException) -> tuple[dict[str, Any], int, Any]:
-        """Answer any HTTP error with ``{"code", "status", "message", "errors"}``."""
-        payload, code, headers = super().handle_http_exception(error)
-        payload.setdefault("message", _summary(payload.get("errors")) or _description(error))
-        kept = [(key, value) for key, value in error.get_headers() if key != "Content-Type"]
-        return payload, code, [*kept, *dict(headers or {}).items()]
-
-
-def _description(error: HTTPException) -> str:
-    """Return what the caller should do about a Werkzeug error raised outside our views."""
-    if error.code == 413:
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        return f"The body is larger than {limit} bytes: send fewer rows per request."
-    if error.code == 404:
-        return "No such route: the routes are listed at /docs and /openapi.json."
-    return error.description or HTTP_STATUS_CODES.get(error.code or 500, "Error")
-
-
-def _summary(errors: Any, prefix: str = "") -> str:
-    """Return the first validation message of marshmallow-style ``errors`` with its path."""
-    if isinstance(errors, dict):
-        for key, value in errors.items():
-            found = _summary(value, f"{prefix}{key}.")
-            if found:
-                return found
-    elif isinstance(errors, list) and errors:
-        first = errors[0]
-        if isinstance(first, str):
-            return f"{prefix.rstrip('.')}: {first}" if prefix else first
-        return _summary(first, prefix)
-    return ""
-
-
-def handle_domain_error(error: InferenceAppError) -> tuple[dict[str, Any], int]:
-    """Answer a serving-core error with the same envelope and its mapped status."""
-    status = next(STATUS_OF_ERROR[kind] for kind in type(error).__mro__ if kind in STATUS_OF_ERROR)
-    payload: dict[str, Any] = {
-        "code": status,
-        "status": HTTP_STATUS_CODES[status],
-        "message": str(error),
-    }
-    if isinstance(error, InvalidInputError) and error.errors:
-        payload["errors"] = {"json": error.errors}
-    return payload, status
+        """Answer any HTTP error; see :func:`inference_app.http.errors.handle_http_exception`."""
+        return errors.handle_http_exception(error)
 
 
 def init_app(app: Flask) -> Api:
     """Create the Api over ``app``, with JSON and error handling in place."""
     app.json = JSONProvider(app)
     api = Api(app)
-    for kind in STATUS_OF_ERROR:
-        app.register_error_handler(kind, handle_domain_error)
+    errors.init_app(app)
     return api
