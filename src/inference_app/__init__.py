@@ -31,7 +31,7 @@ def create_app(
     from inference_app import config
     from inference_app.core.registry import Registry
     from inference_app.core.runtime import Runtime
-    from inference_app.http import api, docs, health, v1
+    from inference_app.http import api, docs, health, v1, v2
 
     app = Flask(
         __name__,
@@ -55,5 +55,6 @@ def create_app(
     smorest = api.init_app(app)
     smorest.register_blueprint(health.blp)
     smorest.register_blueprint(v1.blp)
+    smorest.register_blueprint(v2.blp)
     docs.init_app(app, smorest, registry)
     return app

@@ -45,6 +45,15 @@ def get_runtime() -> Runtime:
     return services.runtime
 
 
+def default_model_name() -> str:
+    """Return the model ``POST /predict`` uses: ``DEFAULT_MODEL``, else the first by name.
+
+    With no model loaded, the name is empty, so the lookup answers 404 naming none.
+    """
+    configured: str | None = current_app.config["DEFAULT_MODEL"]
+    return configured or next(iter(get_registry().models), "")
+
+
 class JSONProvider(DefaultJSONProvider):
     """Flask's JSON with strict output and a clean error for deeply nested input."""
 

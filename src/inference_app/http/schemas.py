@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from inference_app.core.bundle import METHODS
 
@@ -51,17 +51,34 @@ def _method(**kwargs: Any) -> fields.String:
 
 
 class PredictRequestSchema(Schema):
-    """Rows to predict, all arrays (feature order) or all objects (feature names)."""
+    """Rows to predict, all arrays (feature order) or all objects (feature names).
+
+    ``inputs`` is KServe V1's synonym of ``instances``; the loaded data always says
+    ``instances``.
+    """
 
     instances = Array(
-        required=True,
         metadata={
             "description": "Rows, shape (n_samples, n_features): arrays in the model's feature "
-            "order, or objects keyed by feature name.",
+            "order, or objects keyed by feature name. Required, unless `inputs` is sent.",
             "example": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]],
         },
     )
+    inputs = Array(metadata={"description": "KServe V1's name for `instances`."})
     method = _method()
+
+    @validates_schema
+    def _rows_once(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if "instances" in data and "inputs" in data:
+            raise ValidationError("Send `instances` or `inputs`, not both.", "instances")
+        if "instances" not in data and "inputs" not in data:
+            raise ValidationError("Missing data for required field.", "instances")
+
+    @post_load
+    def _as_instances(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if "inputs" in data:
+            data["instances"] = data.pop("inputs")
+        return data
 
 
 class PredictResponseSchema(Schema):

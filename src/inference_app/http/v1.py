@@ -6,12 +6,11 @@ from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
-from flask import current_app
 from flask.views import MethodView
 
 from inference_app.core.bundle import Bundle
 from inference_app.core.runtime import Prediction
-from inference_app.http.api import Blueprint, get_registry, get_runtime
+from inference_app.http.api import Blueprint, default_model_name, get_registry, get_runtime
 from inference_app.http.schemas import (
     ModelListResponseSchema,
     ModelResponseSchema,
@@ -58,12 +57,14 @@ class ModelDetail(MethodView):
     """One model's metadata, for its default version."""
 
     @blp.response(200, ModelResponseSchema)
+    @blp.alt_response(503, schema=ModelResponseSchema, description="Not warmed up yet")
     @_document_errors(404)
-    def get(self, name: str) -> dict[str, Any]:
+    def get(self, name: str) -> tuple[dict[str, Any], int]:
         """Describe a model
 
         Its inputs (names, datatypes, training ranges), classes, methods, scikit-learn
-        version and an example request, for its default version.
+        version and an example request, for its default version. 503 while it warms up, as
+        KServe V1's model readiness check expects.
         """
         return _describe(get_registry().get(name))
 
@@ -73,8 +74,9 @@ class ModelVersionDetail(MethodView):
     """One model version's metadata."""
 
     @blp.response(200, ModelResponseSchema)
+    @blp.alt_response(503, schema=ModelResponseSchema, description="Not warmed up yet")
     @_document_errors(404)
-    def get(self, name: str, version: str) -> dict[str, Any]:
+    def get(self, name: str, version: str) -> tuple[dict[str, Any], int]:
         """Describe one version of a model"""
         return _describe(get_registry().get(name, version))
 
@@ -115,15 +117,6 @@ class PredictOne(MethodView):
         return response
 
 
-def default_model_name() -> str:
-    """Return the model ``POST /predict`` uses: ``DEFAULT_MODEL``, else the first by name.
-
-    With no model loaded, the name is empty, so the lookup answers 404 naming none.
-    """
-    configured: str | None = current_app.config["DEFAULT_MODEL"]
-    return configured or next(iter(get_registry().models), "")
-
-
 def _predict(name: str, version: str | None, instances: list[Any], method: str) -> Prediction:
     return get_runtime().predict(name, instances, version=version, method=method)
 
@@ -152,12 +145,13 @@ def _summary(name: str) -> dict[str, Any]:
     }
 
 
-def _describe(bundle: Bundle) -> dict[str, Any]:
+def _describe(bundle: Bundle) -> tuple[dict[str, Any], int]:
     manifest = bundle.manifest
+    ready = get_registry().is_ready(bundle)
     return {
         **_summary(bundle.name),
         "version": bundle.version,
-        "ready": get_registry().is_ready(bundle),
+        "ready": ready,
         "estimator": manifest.estimator,
         "format": manifest.format,
         "inputs": [
@@ -171,7 +165,7 @@ def _describe(bundle: Bundle) -> dict[str, Any]:
         "sha256": manifest.sha256,
         "warnings": list(bundle.warnings),
         "example_request": example_request(bundle),
-    }
+    }, 200 if ready else 503
 
 
 def example_request(bundle: Bundle, rows: int = 2) -> dict[str, Any]:

@@ -1,0 +1,317 @@
+"""The Open Inference Protocol (KServe V2) REST API, as ``tritonclient.http`` speaks it.
+
+Specification: KServe ``docs/predict-api/v2/required_api.md`` (HTTP/REST): server and model
+health and metadata, and inference; plus Triton's binary tensor data extension for inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Request, current_app
+from flask.views import MethodView
+from marshmallow import INCLUDE, Schema, fields, validate
+from webargs.flaskparser import abort
+
+from inference_app import __version__
+from inference_app.core import tensors
+from inference_app.core.bundle import METHODS, Bundle
+from inference_app.http.api import Blueprint, JSONBodyParser, get_registry, get_runtime
+
+#: The header of Triton's binary tensor data extension: the JSON part's length in bytes.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+PLATFORM = "sklearn"
+
+
+class InferBodyParser(JSONBodyParser):
+    """Parse an inference request: JSON with or without a Content-Type (the official client
+    sends none), optionally followed by binary tensor data."""
+
+    def _raw_load_json(self, req: Request) -> Any:
+        body = req.get_data(cache=True)
+        header = req.headers.get(HEADER_LENGTH)
+        if header is None:
+            return self._parse(body)
+        if not header.isdigit() or int(header) > len(body):
+            abort(400, message=f"{HEADER_LENGTH} must be a byte count within the body")
+        request = self._parse(body[: int(header)])
+        _attach_binary_data(request, body[int(header) :])
+        return request
+
+    def _parse(self, body: bytes) -> Any:
+        try:
+            return current_app.json.loads(body)
+        except json.JSONDecodeError as error:
+            raise json.JSONDecodeError(error.msg, error.doc or "(empty body)", error.pos) from None
+
+
+def _attach_binary_data(request: Any, binary: bytes) -> None:
+    """Move each input's ``binary_data_size`` bytes from ``binary`` into its ``data``."""
+    offset = 0
+    for tensor in request.get("inputs", []) if isinstance(request, dict) else []:
+        size = (
+            (tensor.get("parameters") or {}).get("binary_data_size")
+            if isinstance(tensor, dict)
+            else None
+        )
+        if size is None:
+            continue
+        if type(size) is not int or size < 0 or offset + size > len(binary):
+            abort(400, message=f"input {tensor.get('name')!r}: binary_data_size runs past the body")
+        tensor["data"] = binary[offset : offset + size]
+        offset += size
+    if offset != len(binary):
+        abort(400, message=f"{len(binary) - offset} bytes of binary data belong to no input")
+
+
+class TensorSchema(Schema):
+    """A request input: ``{"name", "shape", "datatype", "parameters", "data"}``."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(required=True)
+    shape = fields.List(fields.Integer(strict=True), required=True)
+    datatype = fields.String(required=True, validate=validate.OneOf(tensors.NUMPY_DTYPES))
+    parameters = fields.Dict()
+    data = fields.Raw(
+        required=True,
+        metadata={"description": "Row-major elements, flat or nested as the shape says."},
+    )
+
+
+class RequestedOutputSchema(Schema):
+    """An output the caller wants: ``predict``, ``predict_proba`` or ``decision_function``."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    name = fields.String(required=True, validate=validate.OneOf(METHODS))
+    parameters = fields.Dict()
+
+
+class InferRequestSchema(Schema):
+    """An inference request ("Inference Request JSON Object")."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    id = fields.String()
+    parameters = fields.Dict()
+    inputs = fields.List(
+        fields.Nested(TensorSchema),
+        required=True,
+        metadata={
+            "example": [
+                {
+                    "name": tensors.MATRIX_INPUT,
+                    "shape": [2, 4],
+                    "datatype": "FP64",
+                    "data": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3],
+                }
+            ]
+        },
+    )
+    outputs = fields.List(fields.Nested(RequestedOutputSchema))
+
+
+class OutputTensorSchema(Schema):
+    """A response output, data flattened in row-major order."""
+
+    name = fields.String(required=True)
+    datatype = fields.String(required=True)
+    shape = fields.List(fields.Integer(), required=True)
+    parameters = fields.Dict()
+    data = fields.Raw(required=True)
+
+
+class InferResponseSchema(Schema):
+    """An inference response ("Inference Response JSON Object")."""
+
+    model_name = fields.String(required=True)
+    model_version = fields.String(required=True)
+    id = fields.String()
+    outputs = fields.List(fields.Nested(OutputTensorSchema), required=True)
+
+
+class TensorMetadataSchema(Schema):
+    """A tensor's name, datatype and shape (-1: any size)."""
+
+    name = fields.String(required=True)
+    datatype = fields.String(required=True)
+    shape = fields.List(fields.Integer(), required=True)
+
+
+class ModelMetadataResponseSchema(Schema):
+    """Model metadata ("Model Metadata Response JSON Object")."""
+
+    name = fields.String(required=True)
+    versions = fields.List(fields.String())
+    platform = fields.String(required=True)
+    inputs = fields.List(fields.Nested(TensorMetadataSchema), required=True)
+    outputs = fields.List(fields.Nested(TensorMetadataSchema), required=True)
+
+
+class ServerMetadataResponseSchema(Schema):
+    """Server metadata ("Server Metadata Response JSON Object")."""
+
+    name = fields.String(required=True)
+    version = fields.String(required=True)
+    extensions = fields.List(fields.String(), required=True)
+
+
+class LiveResponseSchema(Schema):
+    """Server liveness."""
+
+    live = fields.Boolean(required=True)
+
+
+class ReadyResponseSchema(Schema):
+    """Server or model readiness."""
+
+    name = fields.String()
+    ready = fields.Boolean(required=True)
+
+
+blp = Blueprint(
+    "v2",
+    __name__,
+    url_prefix="/v2",
+    description="The Open Inference Protocol (KServe V2 REST), for tritonclient.http and KServe.",
+)
+blp.ARGUMENTS_PARSER = InferBodyParser()
+
+
+@blp.route("")
+class Server(MethodView):
+    """Server metadata."""
+
+    @blp.response(200, ServerMetadataResponseSchema)
+    def get(self) -> dict[str, Any]:
+        """Describe the server"""
+        return {"name": "inference-app", "version": __version__, "extensions": []}
+
+
+@blp.route("/health/live")
+class ServerLive(MethodView):
+    """Server liveness."""
+
+    @blp.response(200, LiveResponseSchema)
+    def get(self) -> dict[str, Any]:
+        """Say the server is live"""
+        return {"live": True}
+
+
+@blp.route("/health/ready")
+class ServerReady(MethodView):
+    """Server readiness."""
+
+    @blp.response(200, ReadyResponseSchema)
+    @blp.alt_response(503, schema=ReadyResponseSchema, description="Some model is not ready")
+    def get(self) -> tuple[dict[str, Any], int]:
+        """Say whether every model is ready"""
+        ready, _ = get_registry().readiness()
+        return {"ready": ready}, 200 if ready else 503
+
+
+@blp.route("/models/<name>/versions/<version>", endpoint="ModelVersionMetadata")
+@blp.route("/models/<name>", endpoint="ModelMetadata")
+class ModelMetadata(MethodView):
+    """Model metadata."""
+
+    @blp.response(200, ModelMetadataResponseSchema)
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """Describe a model's inputs and outputs
+
+        One input tensor `input-0` of shape [-1, n_features], in the model's feature order
+        (listed by `GET /v1/models/{name}`); one tensor per feature, named as the feature,
+        is accepted too. One output per method.
+        """
+        registry = get_registry()
+        bundle = registry.get(name, version)
+        return {
+            "name": bundle.name,
+            "versions": list(registry.model(name).versions),
+            "platform": PLATFORM,
+            "inputs": [
+                {
+                    "name": tensors.MATRIX_INPUT,
+                    "datatype": "FP64",
+                    "shape": [-1, len(bundle.manifest.inputs)],
+                }
+            ],
+            "outputs": [_output_metadata(bundle, method) for method in bundle.manifest.methods],
+        }
+
+
+@blp.route("/models/<name>/versions/<version>/ready", endpoint="ModelVersionReady")
+@blp.route("/models/<name>/ready", endpoint="ModelReady")
+class ModelReady(MethodView):
+    """Model readiness."""
+
+    @blp.response(200, ReadyResponseSchema)
+    @blp.alt_response(503, schema=ReadyResponseSchema, description="Warming up")
+    @blp.alt_response(404, response="NOT_FOUND")
+    def get(self, name: str, version: str | None = None) -> tuple[dict[str, Any], int]:
+        """Say whether a model is ready"""
+        registry = get_registry()
+        ready = registry.is_ready(registry.get(name, version))
+        return {"name": name, "ready": ready}, 200 if ready else 503
+
+
+@blp.route("/models/<name>/versions/<version>/infer", endpoint="ModelVersionInfer")
+@blp.route("/models/<name>/infer", endpoint="ModelInfer")
+class ModelInfer(MethodView):
+    """Inference."""
+
+    @blp.arguments(InferRequestSchema, error_status_code=400)
+    @blp.response(200, InferResponseSchema)
+    @blp.alt_response(400, response="BAD_REQUEST")
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def post(self, body: dict[str, Any], name: str, version: str | None = None) -> dict[str, Any]:
+        """Infer
+
+        Outputs are named after the methods: `predict` (the default), `predict_proba`,
+        `decision_function`; each output's `parameters.classes` labels its columns.
+        """
+        runtime = get_runtime()
+        methods = [output["name"] for output in body.get("outputs") or []] or ["predict"]
+        bundle = runtime.serving(name, version, methods[0])
+        for method in methods[1:]:
+            runtime.serving(name, version, method)
+        matrix = tensors.to_matrix(
+            body["inputs"],
+            bundle.manifest.inputs,
+            max_rows=runtime.max_rows,
+            allow_nan=bundle.manifest.allow_nan,
+        )
+        outputs = []
+        for method in methods:
+            prediction = runtime.predict_matrix(bundle, matrix, method)
+            output = tensors.encode_output(method, prediction.outputs, prediction.shape)
+            if prediction.classes is not None:
+                output["parameters"] = {"classes": prediction.classes}
+            outputs.append(output)
+        response: dict[str, Any] = {
+            "model_name": bundle.name,
+            "model_version": bundle.version,
+            "outputs": outputs,
+        }
+        if "id" in body:
+            response["id"] = body["id"]
+        return response
+
+
+def _output_metadata(bundle: Bundle, method: str) -> dict[str, Any]:
+    classes = bundle.manifest.classes
+    if method == "predict":
+        labels = set(map(type, classes or [0.0]))
+        datatype = "INT64" if labels <= {int} else "FP64" if labels <= {float} else "BYTES"
+        return {"name": method, "datatype": datatype, "shape": [-1]}
+    width = len(classes or [])
+    binary_scores = method == "decision_function" and width == 2
+    shape = [-1] if binary_scores else [-1, width]
+    return {"name": method, "datatype": "FP64", "shape": shape}
