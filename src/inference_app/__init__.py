@@ -31,7 +31,7 @@ def create_app(
     from inference_app import config
     from inference_app.core.registry import Registry
     from inference_app.core.runtime import Runtime
-    from inference_app.http import api, docs, health, v1, v2
+    from inference_app.http import api, docs, health, mlflow, v1, v2
 
     app = Flask(
         __name__,
@@ -56,5 +56,6 @@ def create_app(
     smorest.register_blueprint(health.blp)
     smorest.register_blueprint(v1.blp)
     smorest.register_blueprint(v2.blp)
+    smorest.register_blueprint(mlflow.blp)
     docs.init_app(app, smorest, registry)
     return app

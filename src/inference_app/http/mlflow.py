@@ -1,0 +1,236 @@
+"""MLflow's scoring-server contract, shared by SageMaker containers: ping, version, invocations.
+
+The request formats are MLflow 2's (``mlflow.pyfunc.scoring_server``): a JSON object with
+exactly one of ``dataframe_split``, ``dataframe_records``, ``instances`` or ``inputs`` (and
+optional ``params``), or CSV with a header row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from flask import Response, current_app, request
+from flask.views import MethodView
+from marshmallow import Schema, ValidationError, fields, validates_schema
+from webargs.flaskparser import abort
+
+from inference_app import __version__
+from inference_app.core.errors import InvalidInputError
+from inference_app.http.api import Blueprint, default_model_name, get_registry, get_runtime
+from inference_app.http.schemas import Array
+
+#: The request header naming the model to use; without it, the default model answers.
+MODEL_HEADER = "X-Model-Name"
+INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+class DataFrameSplitSchema(Schema):
+    """``DataFrame.to_json(orient="split")``: column names, rows, and an index (ignored)."""
+
+    columns = fields.List(fields.Raw())
+    data = Array(required=True)
+    index = fields.List(fields.Raw())
+
+
+class InvocationsRequestSchema(Schema):
+    """An MLflow 2 scoring request: exactly one input field, optional ``params``."""
+
+    dataframe_split = fields.Nested(DataFrameSplitSchema)
+    dataframe_records = Array(metadata={"description": "`DataFrame.to_json(orient='records')`"})
+    instances = Array(metadata={"description": "Rows: arrays or objects"})
+    inputs = fields.Raw(
+        metadata={"description": "Rows (an array), or columns (an object of arrays)"}
+    )
+    params = fields.Dict(metadata={"description": "Accepted; scikit-learn models take none."})
+
+    @validates_schema(pass_original=True)
+    def _one_input(self, data: dict[str, Any], original: Any, **kwargs: Any) -> None:
+        given = [key for key in INPUT_KEYS if key in data]
+        if len(given) != 1:
+            raise ValidationError(
+                f"Send exactly one of {', '.join(INPUT_KEYS)}; got "
+                f"{', '.join(given) if given else 'none'}."
+            )
+
+
+class InvocationsResponseSchema(Schema):
+    """Predictions, one per row."""
+
+    predictions = Array(required=True)
+
+
+blp = Blueprint(
+    "mlflow",
+    __name__,
+    description="MLflow's scoring server and SageMaker's container contract.",
+)
+
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": InvocationsRequestSchema,
+            "example": {
+                "dataframe_split": {
+                    "columns": [
+                        "sepal length (cm)",
+                        "sepal width (cm)",
+                        "petal length (cm)",
+                        "petal width (cm)",
+                    ],
+                    "data": [[5.1, 3.5, 1.4, 0.2]],
+                }
+            },
+        },
+        "text/csv": {
+            "schema": {"type": "string"},
+            "example": "sepal length (cm),sepal width (cm),petal length (cm),petal width (cm)\n"
+            "5.1,3.5,1.4,0.2\n",
+        },
+    },
+}
+
+
+@blp.route("/ping")
+class Ping(MethodView):
+    """SageMaker's health check."""
+
+    @blp.doc(responses={"200": {"description": "Every model is ready"}})
+    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def get(self) -> Response:
+        """Say whether the server is ready"""
+        ready, reason = get_registry().readiness()
+        if not ready:
+            abort(503, message=reason)
+        return Response("\n", status=200, mimetype="application/json")
+
+
+@blp.route("/version")
+class Version(MethodView):
+    """The server's version."""
+
+    @blp.doc(responses={"200": {"description": "The version, as text"}})
+    def get(self) -> Response:
+        """Give the server's version"""
+        return Response(__version__, mimetype="text/plain")
+
+
+@blp.route("/invocations")
+class Invocations(MethodView):
+    """Predictions, MLflow style."""
+
+    @blp.doc(
+        requestBody=_REQUEST_BODY,
+        parameters=[
+            {
+                "in": "header",
+                "name": MODEL_HEADER,
+                "schema": {"type": "string"},
+                "description": "The model to use; default: the DEFAULT_MODEL setting.",
+            }
+        ],
+    )
+    @blp.response(200, InvocationsResponseSchema)
+    @blp.alt_response(400, response="BAD_REQUEST")
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
+    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    def post(self) -> dict[str, Any]:
+        """Predict, as MLflow's scoring server does
+
+        JSON with one of `dataframe_split`, `dataframe_records`, `instances` or `inputs`, or
+        CSV with a header row. The model is the one the `X-Model-Name` header names, else
+        the default model.
+        """
+        name = request.headers.get(MODEL_HEADER) or default_model_name()
+        if request.mimetype == "text/csv":
+            instances = _csv_records(request.get_data())
+        elif request.mimetype == "application/json":
+            instances = _json_instances(request.get_data())
+        else:
+            abort(
+                415,
+                message="Send Content-Type: application/json (MLflow's JSON formats) or "
+                "text/csv (with a header row)",
+            )
+        return {"predictions": get_runtime().predict(name, instances).outputs}
+
+
+def _json_instances(body: bytes) -> list[Any]:
+    try:
+        data = current_app.json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        abort(400, message=f"The body is not valid JSON ({error})")
+    if (
+        isinstance(data, dict)
+        and not set(INPUT_KEYS) & set(data)
+        and {"columns", "data"} & set(data)
+    ):
+        abort(
+            400,
+            message="This is MLflow 1.x's pandas-split format; MLflow 2 wraps it: send "
+            '{"dataframe_split": {"columns": [...], "data": [[...]]}}',
+        )
+    try:
+        loaded: dict[str, Any] = InvocationsRequestSchema().load(data)
+    except ValidationError as error:
+        abort(400, messages={"json": error.messages})
+    if "dataframe_split" in loaded:
+        split = loaded["dataframe_split"]
+        rows: list[Any] = split["data"]
+        columns = split.get("columns")
+        if columns is None:
+            return rows
+        if any(type(row) is not list or len(row) != len(columns) for row in rows):
+            raise InvalidInputError(
+                f"dataframe_split: every row of `data` must hold {len(columns)} values, one "
+                "per column"
+            )
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+    key = next(key for key in INPUT_KEYS if key in loaded)
+    value = loaded[key]
+    if isinstance(value, dict):  # columns: {"feature": [values], ...}
+        lengths = {len(column) if type(column) is list else -1 for column in value.values()}
+        if len(lengths) != 1 or -1 in lengths:
+            raise InvalidInputError(f"{key}: every column must be an array of the same length")
+        return [dict(zip(value, row, strict=True)) for row in zip(*value.values(), strict=True)]
+    if type(value) is not list:
+        raise InvalidInputError(f"{key}: send an array of rows or an object of columns")
+    return value
+
+
+def _csv_records(body: bytes) -> list[dict[str, Any]]:
+    """Parse CSV with a header row; an unnamed first column is a pandas index and is dropped.
+
+    Cells are numbers; an empty cell is a missing value (``null``).
+    """
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        abort(400, message="The CSV is not UTF-8")
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header:
+        abort(400, message="The CSV is empty: send a header row of feature names, then rows")
+    skip = 1 if header[0] == "" else 0
+    names = header[skip:]
+    records = []
+    for number, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            abort(400, message=f"CSV line {number}: {len(row)} cells for {len(header)} columns")
+        record: dict[str, Any] = {}
+        for name, cell in zip(names, row[skip:], strict=True):
+            try:
+                record[name] = float(cell) if cell.strip() else None
+            except ValueError:
+                abort(
+                    400,
+                    message=f"CSV line {number}, column {name!r}: {cell[:50]!r} is not a number",
+                )
+        records.append(record)
+    return records
