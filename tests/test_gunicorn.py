@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html.parser
+import json
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import numpy as np
@@ -395,3 +397,131 @@ def test_bad_bundle_stops_the_server_at_start(tmp_path: Path) -> None:
     assert "iris/1/model.joblib" in log, log
     assert "sha256 mismatch" in log, log
     assert "Booting worker" not in log, log
+
+
+@pytest.fixture(scope="module")
+def triton(server: Server) -> Iterator[Any]:
+    """The official Open Inference Protocol client (``tritonclient.http``) on the server."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(urlsplit(server.url).netloc, network_timeout=30.0)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def test_tritonclient_health_and_metadata(triton: Any) -> None:
+    assert triton.is_server_live() and triton.is_server_ready()
+    metadata = triton.get_server_metadata()
+    assert metadata["name"] == "inference-app" and metadata["extensions"] == []
+    assert triton.is_model_ready("iris") and triton.is_model_ready("breast_cancer", "1")
+    model = triton.get_model_metadata("breast_cancer")
+    assert model["inputs"] == [{"name": "input-0", "datatype": "FP64", "shape": [-1, 30]}]
+    outputs = {output["name"]: output for output in model["outputs"]}
+    assert outputs["predict"]["datatype"] == "BYTES"
+    assert outputs["predict_proba"]["shape"] == [-1, 2]
+
+
+@pytest.mark.parametrize("name", ["iris", "breast_cancer"])
+@pytest.mark.parametrize("binary_data", [True, False], ids=["binary", "json"])
+def test_tritonclient_infer_matches_in_process(
+    server: Server, triton: Any, name: str, binary_data: bool
+) -> None:
+    import tritonclient.http as httpclient
+
+    rows, _, _ = load_demo_data(name)
+    estimator = load_bundle(server.instance / "models" / name / "1").estimator
+    tensor = httpclient.InferInput("input-0", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows, binary_data=binary_data)
+    outputs = [
+        httpclient.InferRequestedOutput("predict", binary_data=binary_data),
+        httpclient.InferRequestedOutput("predict_proba", binary_data=binary_data),
+    ]
+
+    result = triton.infer(name, [tensor], outputs=outputs, request_id="e2e-1")
+
+    assert result.get_response()["id"] == "e2e-1"
+    assert result.as_numpy("predict").tolist() == estimator.predict(rows).tolist()
+    np.testing.assert_allclose(
+        result.as_numpy("predict_proba"), estimator.predict_proba(rows), rtol=1e-12
+    )
+    classes = result.get_output("predict_proba")["parameters"]["classes"]
+    assert classes == estimator.classes_.tolist()
+
+
+def test_tritonclient_default_output_is_predict(server: Server, triton: Any) -> None:
+    import tritonclient.http as httpclient
+
+    rows, _, _ = load_demo_data("iris")
+    tensor = httpclient.InferInput("input-0", list(rows.shape), "FP64")
+    tensor.set_data_from_numpy(rows)  # binary input, binary_data_output requested
+
+    result = triton.infer("iris", [tensor])
+
+    estimator = load_bundle(server.instance / "models" / "iris" / "1").estimator
+    assert result.as_numpy("predict").tolist() == estimator.predict(rows).tolist()
+
+
+def test_tritonclient_errors_are_raised_with_the_message(triton: Any) -> None:
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    tensor = httpclient.InferInput("input-0", [1, 3], "FP64")
+    tensor.set_data_from_numpy(np.array([[1.0, 2.0, 3.0]]), binary_data=False)
+    with pytest.raises(InferenceServerException, match="3 columns but the model takes 4"):
+        triton.infer("iris", [tensor])
+    with pytest.raises(InferenceServerException, match="no model 'nope'"):
+        triton.get_model_metadata("nope")
+
+
+@pytest.mark.parametrize("orient", ["split", "records", "csv"])
+def test_mlflow_invocations_with_pandas_bodies(server: Server, orient: str) -> None:
+    import pandas as pd
+
+    rows, _, names = load_demo_data("breast_cancer")
+    frame = pd.DataFrame(rows, columns=names)
+    if orient == "csv":
+        request = {"data": frame.to_csv(), "headers": {"Content-Type": "text/csv"}}
+    else:
+        body = {f"dataframe_{orient}": json.loads(frame.to_json(orient=orient))}
+        request = {"json": body}
+
+    response = requests.post(
+        f"{server.url}/invocations",
+        headers={"X-Model-Name": "breast_cancer", **request.pop("headers", {})},
+        timeout=REQUEST_TIMEOUT,
+        **request,
+    )
+
+    assert response.status_code == 200, response.text[:2000]
+    estimator = load_bundle(server.instance / "models" / "breast_cancer" / "1").estimator
+    assert response.json()["predictions"] == estimator.predict(frame.to_numpy()).tolist()
+
+
+def test_each_dialect_answers_bad_input_in_its_shape_and_serving_goes_on(server: Server) -> None:
+    bad = b'{"instances": [[1, 2, NaN, 4]], "inputs": [{"name": "input-0", "shape": [-1]}]}'
+    native = requests.post(
+        f"{server.url}/v1/models/iris:predict",
+        data=bad,
+        timeout=REQUEST_TIMEOUT,
+        headers={"Content-Type": "application/json"},
+    )
+    v2 = requests.post(f"{server.url}/v2/models/iris/infer", data=bad, timeout=REQUEST_TIMEOUT)
+    mlflow = requests.post(
+        f"{server.url}/invocations",
+        data=b"\xff{",
+        timeout=REQUEST_TIMEOUT,
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert native.status_code == 422 and set(native.json()) >= {"code", "status", "message"}
+    assert v2.status_code == 400 and set(v2.json()) == {"error"}
+    assert mlflow.status_code == 400 and set(mlflow.json()) == {"error_code", "message"}
+    for response in (native, v2, mlflow):
+        assert "Traceback" not in response.text
+    rows, _, _ = load_demo_data("iris")
+    estimator = load_bundle(server.instance / "models" / "iris" / "1").estimator
+    for _ in range(4):  # reach both workers
+        payload = post_predict(server, "iris", {"instances": rows.tolist()})
+        assert payload["predictions"] == estimator.predict(rows).tolist()
