@@ -31,7 +31,35 @@ def test_every_route_is_documented(spec: dict[str, Any]) -> None:
         "/v1/models/{name}:predict",
         "/v1/models/{name}/versions/{version}:predict",
         "/predict",
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/versions/{version}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/versions/{version}/ready",
+        "/v2/models/{name}/infer",
+        "/v2/models/{name}/versions/{version}/infer",
+        "/ping",
+        "/version",
+        "/invocations",
     } <= set(spec["paths"])
+
+
+def test_every_json_request_body_has_a_schema_and_an_example(spec: dict[str, Any]) -> None:
+    schemas = spec["components"]["schemas"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if "requestBody" not in operation:
+                continue
+            content = operation["requestBody"]["content"]["application/json"]
+            schema = content["schema"]
+            if "$ref" in schema:
+                schema = schemas[schema["$ref"].rsplit("/", 1)[-1]]
+            examples = [content.get("example")] + [
+                prop.get("example") for prop in schema.get("properties", {}).values()
+            ]
+            assert any(example is not None for example in examples), (method, path)
 
 
 @pytest.mark.parametrize("name", ["iris", "breast_cancer", "diabetes"])
