@@ -6,8 +6,11 @@ Gunicorn's example configuration; see https://docs.gunicorn.org/en/stable/settin
 
 import gc
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
-from inference_app import process
+from inference_app import logs
 
 
 def _env(name, default):
@@ -59,7 +62,7 @@ timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
 max_requests = _env_int("GUNICORN_MAX_REQUESTS", 0)
-max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", 0)
+max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", max_requests // 10)
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
 
@@ -82,24 +85,54 @@ control_socket_disable = "GUNICORN_CONTROL_SOCKET" not in os.environ
 if not control_socket_disable:
     control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
 
+# Metrics
+#
+#   PROMETHEUS_MULTIPROC_DIR - Where every process writes its samples, merged by /metrics.
+#       Unset: a fresh temporary folder per server. It is emptied when the master starts
+#       (not on HUP, which re-reads this file) and must be set before prometheus_client is
+#       imported, so the app is imported only by the hooks below.
+#   INFERENCE_APP_METRICS_PORT - Also serve /metrics from the master on this port
+#       (INFERENCE_APP_METRICS_ADDR, default 127.0.0.1), apart from the API.
+
+if os.environ.get("INFERENCE_APP_MASTER_PID") != str(os.getpid()):
+    os.environ["INFERENCE_APP_MASTER_PID"] = str(os.getpid())
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inference-app-metrics-")
+        os.environ["INFERENCE_APP_OWN_METRICS_DIR"] = "1"
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
+    for _stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+        _stale.unlink()
+
 # Logging
 #
-#   accesslog, errorlog - "-" is stdout / stderr.
+#   INFERENCE_APP_LOG_FORMAT - "json" (one object per line on stderr) or "text".
 #   loglevel - debug, info, warning, error or critical.
+#   accesslog - Gunicorn's own access log, off: the app writes one JSON access line per
+#       request with its request id, model, rows and stage timings. "-" turns it on.
 
-accesslog = _env("GUNICORN_ACCESSLOG", "-")
-errorlog = _env("GUNICORN_ERRORLOG", "-")
 loglevel = _env("GUNICORN_LOGLEVEL", "info")
+logconfig_dict = logs.logging_config(_env("INFERENCE_APP_LOG_FORMAT", "json"), loglevel.upper())
+accesslog = os.environ.get("GUNICORN_ACCESSLOG")
+errorlog = _env("GUNICORN_ERRORLOG", "-")
 proc_name = _env("GUNICORN_PROC_NAME", "inference-app")
 
 # Server hooks
 
 
 def when_ready(server):
-    """Say where the server listens and where its docs are."""
+    """Say where the server listens and where its docs are; serve metrics apart if asked."""
     for listener in server.LISTENERS:
         address = str(listener).replace("0.0.0.0", "127.0.0.1")
         server.log.info("inference-app listening at %s; API docs at %s/docs", address, address)
+    port = os.environ.get("INFERENCE_APP_METRICS_PORT")
+    if port:
+        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        address = os.environ.get("INFERENCE_APP_METRICS_ADDR", "127.0.0.1")
+        start_http_server(int(port), addr=address, registry=registry)
+        server.log.info("metrics at http://%s:%s/metrics", address, port)
 
 
 def pre_fork(server, worker):
@@ -110,6 +143,8 @@ def pre_fork(server, worker):
 
 def post_fork(server, worker):
     """Cap native thread pools to this worker's share of the CPUs, then warm every model."""
+    from inference_app import process
+
     share = process.cpu_share(server.cfg.workers)
     process.cap_threads(share)
     try:
@@ -118,3 +153,25 @@ def post_fork(server, worker):
         server.log.error("worker %s failed to warm up its models, exiting: %s", worker.pid, error)
         raise
     server.log.info("worker %s warmed its models (%s native threads)", worker.pid, share)
+
+
+def on_reload(server):
+    """On SIGHUP, load and verify the bundles again in the master before new workers fork;
+    keep the old models if any bundle is refused."""
+    from inference_app import process
+
+    reloaded, message = process.reload(server.app)
+    (server.log.info if reloaded else server.log.error)(message)
+
+
+def child_exit(server, worker):
+    """Fold the exited worker's metrics into the archive, keeping scrapes fast."""
+    from inference_app import metrics
+
+    metrics.archive_dead_process(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics folder this server made for itself."""
+    if os.environ.get("INFERENCE_APP_OWN_METRICS_DIR"):
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

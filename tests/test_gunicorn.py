@@ -36,8 +36,6 @@ STOP_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 30.0
 #: MAX_CONTENT_LENGTH of the shared server: room for every demo dataset, and a 413 to test.
 MAX_CONTENT_LENGTH = 1_000_000
-#: Gunicorn's error log format: ``[time] [pid] [LEVEL] message``.
-LOG_LINE = re.compile(r"^\[[^\]]+\] \[(?P<pid>\d+)\] \[(?P<level>[A-Z]+)\] (?P<message>.*)$")
 
 
 @dataclass
@@ -133,13 +131,21 @@ def stop(server: Server) -> None:
         server.process.wait(timeout=STOP_TIMEOUT)
 
 
+def log_lines(log: str) -> list[dict[str, Any]]:
+    """Return every line of ``log`` parsed as the JSON object it must be."""
+    lines = []
+    for line in log.splitlines():
+        if line.strip():
+            try:
+                lines.append(json.loads(line))
+            except json.JSONDecodeError:
+                pytest.fail(f"a log line is not JSON: {line!r}")
+    return lines
+
+
 def log_records(log: str) -> list[tuple[int, str]]:
-    """Return ``(pid, message)`` of each Gunicorn error-log line of ``log``."""
-    return [
-        (int(match["pid"]), match["message"])
-        for match in map(LOG_LINE.match, log.splitlines())
-        if match
-    ]
+    """Return ``(pid, message)`` of each line of ``log``."""
+    return [(int(line["pid"]), str(line["message"])) for line in log_lines(log)]
 
 
 @pytest.fixture(scope="module")
@@ -248,10 +254,12 @@ def test_each_worker_warms_up_and_the_master_runs_no_inference(server: Server) -
     assert len(warmed_pids()) == 2, log
     assert warmed_pids() == booted, log
     assert master not in warmed_pids(), log
+    model_warm_ups = [pid for pid, message in records if message.startswith("warmed model ")]
+    assert sorted(set(model_warm_ups)) == sorted(booted), log
+    assert len(model_warm_ups) == 2 * len(DEMOS), log  # each worker warms each model once
     for pid, message in records:
         if "warm" in message:
             assert pid != master, f"the master logged a warm-up:\n{log}"
-            assert f"worker {pid} " in message, log
 
 
 def test_liveness(server: Server) -> None:

@@ -28,10 +28,10 @@ def create_app(
     # Imported here so that importing the serving core (inference_app.core) loads no Flask.
     from flask import Flask
 
-    from inference_app import config
+    from inference_app import config, metrics
     from inference_app.core.registry import Registry
     from inference_app.core.runtime import Runtime
-    from inference_app.http import api, docs, health, mlflow, v1, v2
+    from inference_app.http import api, docs, health, mlflow, observe, v1, v2
 
     app = Flask(
         __name__,
@@ -48,14 +48,18 @@ def create_app(
         max_rows=app.config["MAX_ROWS"],
         unknown_features=app.config["UNKNOWN_FEATURES"],
     )
+    metrics.record_loads(registry)
     if app.config["WARM_UP"] == "on_load":
         runtime.warm_up()
+        metrics.record_served(registry)
     api.init_services(app, registry, runtime)
+    observe.init_app(app)
 
     smorest = api.init_app(app)
     smorest.register_blueprint(health.blp)
     smorest.register_blueprint(v1.blp)
     smorest.register_blueprint(v2.blp)
     smorest.register_blueprint(mlflow.blp)
+    smorest.register_blueprint(observe.blp)
     docs.init_app(app, smorest, registry)
     return app

@@ -28,6 +28,8 @@ DEFAULTS: dict[str, Any] = {
     # When models run their first prediction: "on_load" in create_app, or "post_fork" in a
     # Gunicorn hook, so that a preloading master never runs inference (gunicorn.conf.py).
     "WARM_UP": "on_load",
+    # Write access log lines for probes and /metrics too.
+    "LOG_PROBES": False,
     # flask-smorest: the OpenAPI document and Swagger UI, served from local files.
     "API_TITLE": "inference-app",
     "API_VERSION": "v1",
@@ -68,6 +70,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "MAX_ROWS": (_positive_int, "a positive integer"),
     "UNKNOWN_FEATURES": (lambda value: value in ("reject", "ignore"), "'reject' or 'ignore'"),
     "WARM_UP": (lambda value: value in ("on_load", "post_fork"), "'on_load' or 'post_fork'"),
+    "LOG_PROBES": (lambda value: type(value) is bool, "true or false"),
 }
 
 

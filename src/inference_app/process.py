@@ -1,12 +1,15 @@
-"""Per-worker setup under a pre-forking server: native thread caps and model warm-up."""
+"""Process-level hooks under Gunicorn: thread caps and warm-up in workers, reload in the master."""
 
 from __future__ import annotations
 
+import gc
 import os
+from typing import Any
 
 from flask import Flask
 from threadpoolctl import threadpool_limits
 
+from inference_app import metrics
 from inference_app.http.api import EXTENSION, Services
 
 #: Environment variables read by native thread pools that start after the cap is set.
@@ -37,3 +40,42 @@ def warm_up(app: Flask) -> None:
     """
     services: Services = app.extensions[EXTENSION]
     services.runtime.warm_up()
+    metrics.record_served(services.registry)
+
+
+def reload(holder: Any) -> tuple[bool, str]:
+    """Rebuild the app in the Gunicorn master on SIGHUP, keeping the old one on failure.
+
+    A new app is created from the instance folder: every bundle is read and verified
+    (sha256, manifest against estimator), nothing is predicted. On success it replaces the
+    app that Gunicorn forks new workers from; on failure the old app stays, with the reason
+    in its registry's ``load_errors`` (shown by ``GET /v1/models/<name>``).
+
+    :param holder: Gunicorn's application object (``server.app``), whose ``callable`` is
+        the preloaded Flask app.
+    :returns: whether the new models are in place, and a sentence saying what happened.
+    """
+    from inference_app import create_app
+    from inference_app.config import ConfigError
+    from inference_app.core.errors import BundleError
+
+    old: Flask = holder.wsgi()
+    try:
+        new = create_app(instance_path=old.instance_path)
+    except (BundleError, ConfigError) as error:
+        metrics.RELOADS.labels("failure").inc()
+        registry = old.extensions[EXTENSION].registry
+        try:  # records the refusal, by model, in the old registry, which keeps its models
+            registry.load()
+        except BundleError:
+            pass
+        return False, f"reload failed, the previous models keep serving: {error}"
+    holder.callable = new
+    metrics.RELOADS.labels("success").inc()
+    # The old app's objects were frozen before the last fork; let the collector have them.
+    gc.unfreeze()
+    gc.collect()
+    models = ", ".join(
+        f"{m.name} {m.default_version}" for m in new.extensions[EXTENSION].registry.models.values()
+    )
+    return True, f"reloaded models: {models or 'none'}"

@@ -102,16 +102,27 @@ class Registry:
         self.models_dir = Path(models_dir)
         self._models: Mapping[str, Model] = MappingProxyType({})
         self._ready: frozenset[tuple[str, str]] = frozenset()
+        #: Seconds each ``(name, version)`` took to load, read and verify included.
+        self.load_seconds: Mapping[tuple[str, str], float] = MappingProxyType({})
+        #: Why the last failed load refused each model's bundles, by model name.
+        self.load_errors: Mapping[str, list[str]] = MappingProxyType({})
 
     def load(self) -> None:
         """Load every bundle; on any failure keep the current models and raise.
 
+        A failure is also kept in :attr:`load_errors`, by model, until the next good load.
+
         :raises BundleError: listing every refused folder and why.
         """
         found = discover(self.models_dir)
-        refused = [f"{item.path}: {item.error}" for item in found if item.error]
+        refused = [item for item in found if item.error]
         if refused:
-            raise BundleError("refused model bundles:\n  " + "\n  ".join(refused))
+            errors: dict[str, list[str]] = {}
+            for item in refused:
+                errors.setdefault(item.name, []).append(f"version {item.version}: {item.error}")
+            self.load_errors = MappingProxyType(errors)
+            lines = [f"{item.path}: {item.error}" for item in refused]
+            raise BundleError("refused model bundles:\n  " + "\n  ".join(lines))
         grouped: dict[str, dict[str, Bundle]] = {}
         for item in found:
             assert item.bundle is not None
@@ -127,6 +138,10 @@ class Registry:
             {name: Model(name, MappingProxyType(versions)) for name, versions in grouped.items()}
         )
         self._ready = frozenset()
+        self.load_seconds = MappingProxyType(
+            {(item.name, item.version): item.load_seconds for item in found}
+        )
+        self.load_errors = MappingProxyType({})
 
     @property
     def models(self) -> Mapping[str, Model]:

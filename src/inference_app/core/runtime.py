@@ -6,7 +6,7 @@ import logging
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,8 @@ class Prediction:
     :param shape: the shape of ``outputs``.
     :param classes: the class labels the columns of ``outputs`` stand for, for
         ``predict_proba`` and ``decision_function`` of classifiers; else ``None``.
+    :param timings: seconds spent per stage: ``validate`` (checking and converting rows)
+        and ``predict`` (the estimator call and output conversion).
     """
 
     model_name: str
@@ -43,6 +45,12 @@ class Prediction:
     outputs: list[Any]
     shape: tuple[int, ...]
     classes: list[Any] | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        """Return ``n_samples``, the number of rows predicted."""
+        return self.shape[0] if self.shape else 0
 
 
 class Runtime:
@@ -111,6 +119,7 @@ class Runtime:
         :raises InvalidOutputError: the estimator returned NaN or infinity.
         """
         bundle = self.serving(name, version, method)
+        started = time.perf_counter()
         matrix = to_matrix(
             instances,
             bundle.manifest.inputs,
@@ -118,7 +127,11 @@ class Runtime:
             unknown_features=self.unknown_features,
             allow_nan=bundle.manifest.allow_nan,
         )
-        return self.predict_matrix(bundle, matrix, method)
+        prediction = self.predict_matrix(bundle, matrix, method)
+        prediction.timings["validate"] = (
+            time.perf_counter() - started - prediction.timings["predict"]
+        )
+        return prediction
 
     def predict_matrix(self, bundle: Bundle, matrix: np.ndarray, method: str) -> Prediction:
         """Predict for rows already checked against the bundle's inputs.
@@ -127,15 +140,18 @@ class Runtime:
             :func:`~inference_app.core.inputs.to_matrix` or a protocol's decoder.
         :raises InvalidOutputError: the estimator returned NaN or infinity.
         """
+        started = time.perf_counter()
         outputs = self.execute(bundle, method, matrix)
+        values = json_values(outputs)
         classes = bundle.manifest.classes
         return Prediction(
             model_name=bundle.name,
             model_version=bundle.version,
             method=method,
-            outputs=json_values(outputs),
+            outputs=values,
             shape=tuple(np.shape(outputs)),
             classes=None if method == "predict" or classes is None else list(classes),
+            timings={"predict": time.perf_counter() - started},
         )
 
     def execute(self, bundle: Bundle, method: str, matrix: np.ndarray) -> np.ndarray:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import time
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 import flask_smorest
-from flask import Flask, Request, current_app
+from flask import Flask, Request, current_app, g
 from flask.json.provider import DefaultJSONProvider
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.exceptions import HTTPException
+from werkzeug.sansio.response import Response as WerkzeugResponse
 
 from inference_app.core.registry import Registry
 from inference_app.core.runtime import Runtime
@@ -54,10 +56,27 @@ def default_model_name() -> str:
     return configured or next(iter(get_registry().models), "")
 
 
+def record_stage(stage: str, seconds: float) -> None:
+    """Add ``seconds`` to the current request's time in ``stage``.
+
+    :param stage: ``parse``, ``validate``, ``predict`` or ``serialise``.
+    """
+    stages: dict[str, float] | None = g.get("stages")
+    if stages is not None:
+        stages[stage] = stages.get(stage, 0.0) + seconds
+
+
 class JSONProvider(DefaultJSONProvider):
     """Flask's JSON with strict output and a clean error for deeply nested input."""
 
     sort_keys = False
+
+    def response(self, *args: Any, **kwargs: Any) -> WerkzeugResponse:
+        """Serialise a JSON response, timing it as the ``serialise`` stage."""
+        started = time.perf_counter()
+        response = super().response(*args, **kwargs)
+        record_stage("serialise", time.perf_counter() - started)
+        return response
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
         """Serialise ``obj``; NaN and infinity raise instead of producing invalid JSON."""
@@ -87,11 +106,15 @@ class JSONBodyParser(FlaskParser):
                     "Send the request body as JSON with the header Content-Type: application/json"
                 ),
             )
+        body = req.get_data(cache=True)
+        started = time.perf_counter()
         try:
-            return current_app.json.loads(req.get_data(cache=True))
+            return current_app.json.loads(body)
         except json.JSONDecodeError as error:
             # webargs takes an error on an empty document for a missing body: it is a bad one.
             raise json.JSONDecodeError(error.msg, error.doc or "(empty body)", error.pos) from None
+        finally:
+            record_stage("parse", time.perf_counter() - started)
 
     def _handle_invalid_json_error(
         self, error: Exception, req: Request, *args: Any, **kwargs: Any

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
@@ -95,12 +96,16 @@ def handle_http_exception(error: HTTPException) -> tuple[dict[str, Any], int, li
     message = data.get("message") or _summary(errors) or _description(error)
     headers = [(key, value) for key, value in error.get_headers() if key != "Content-Type"]
     headers += list(dict(data.get("headers") or {}).items())
+    g.error_kind = g.get("error_kind") or f"http_{code}"
     return dialect().envelope(code, message, errors), code, headers
 
 
 def handle_domain_error(error: InferenceAppError) -> tuple[dict[str, Any], int]:
     """Answer a serving-core error with the current dialect's status and envelope."""
     current = dialect()
+    g.error_kind = (
+        re.sub(r"(?<!^)(?=[A-Z])", "_", type(error).__name__).lower().removesuffix("_error")
+    )
     if isinstance(error, InvalidInputError):
         status = current.input_status
         errors = {"json": error.errors} if error.errors else None

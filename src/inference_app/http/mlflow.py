@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from typing import Any
 
 from flask import Response, current_app, request
@@ -19,7 +20,14 @@ from webargs.flaskparser import abort
 
 from inference_app import __version__
 from inference_app.core.errors import InvalidInputError
-from inference_app.http.api import Blueprint, default_model_name, get_registry, get_runtime
+from inference_app.http import observe
+from inference_app.http.api import (
+    Blueprint,
+    default_model_name,
+    get_registry,
+    get_runtime,
+    record_stage,
+)
 from inference_app.http.schemas import Array
 
 #: The request header naming the model to use; without it, the default model answers.
@@ -156,14 +164,19 @@ class Invocations(MethodView):
                 message="Send Content-Type: application/json (MLflow's JSON formats) or "
                 "text/csv (with a header row)",
             )
-        return {"predictions": get_runtime().predict(name, instances).outputs}
+        prediction = get_runtime().predict(name, instances)
+        observe.note_prediction(prediction)
+        return {"predictions": prediction.outputs}
 
 
 def _json_instances(body: bytes) -> list[Any]:
+    started = time.perf_counter()
     try:
         data = current_app.json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         abort(400, message=f"The body is not valid JSON ({error})")
+    finally:
+        record_stage("parse", time.perf_counter() - started)
     if (
         isinstance(data, dict)
         and not set(INPUT_KEYS) & set(data)

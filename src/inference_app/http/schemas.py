@@ -168,6 +168,10 @@ class ModelResponseSchema(ModelSummarySchema):
     created = fields.String(allow_none=True)
     sha256 = fields.String(allow_none=True)
     warnings = fields.List(fields.String())
+    load_errors = fields.List(
+        fields.String(),
+        metadata={"description": "Why the last reload refused this model's new bundles."},
+    )
     example_request = fields.Dict(required=True)
 
 

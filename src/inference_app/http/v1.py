@@ -10,6 +10,7 @@ from flask.views import MethodView
 
 from inference_app.core.bundle import Bundle
 from inference_app.core.runtime import Prediction
+from inference_app.http import observe
 from inference_app.http.api import Blueprint, default_model_name, get_registry, get_runtime
 from inference_app.http.schemas import (
     ModelListResponseSchema,
@@ -118,7 +119,9 @@ class PredictOne(MethodView):
 
 
 def _predict(name: str, version: str | None, instances: list[Any], method: str) -> Prediction:
-    return get_runtime().predict(name, instances, version=version, method=method)
+    prediction = get_runtime().predict(name, instances, version=version, method=method)
+    observe.note_prediction(prediction)
+    return prediction
 
 
 def _batch_response(prediction: Prediction) -> dict[str, Any]:
@@ -164,6 +167,7 @@ def _describe(bundle: Bundle) -> tuple[dict[str, Any], int]:
         "created": manifest.created,
         "sha256": manifest.sha256,
         "warnings": list(bundle.warnings),
+        "load_errors": list(get_registry().load_errors.get(bundle.name, [])),
         "example_request": example_request(bundle),
     }, 200 if ready else 503
 

@@ -7,6 +7,7 @@ health and metadata, and inference; plus Triton's binary tensor data extension f
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from flask import Request, current_app
@@ -17,7 +18,14 @@ from webargs.flaskparser import abort
 from inference_app import __version__
 from inference_app.core import tensors
 from inference_app.core.bundle import METHODS, Bundle
-from inference_app.http.api import Blueprint, JSONBodyParser, get_registry, get_runtime
+from inference_app.http import observe
+from inference_app.http.api import (
+    Blueprint,
+    JSONBodyParser,
+    get_registry,
+    get_runtime,
+    record_stage,
+)
 
 #: The header of Triton's binary tensor data extension: the JSON part's length in bytes.
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -40,10 +48,13 @@ class InferBodyParser(JSONBodyParser):
         return request
 
     def _parse(self, body: bytes) -> Any:
+        started = time.perf_counter()
         try:
             return current_app.json.loads(body)
         except json.JSONDecodeError as error:
             raise json.JSONDecodeError(error.msg, error.doc or "(empty body)", error.pos) from None
+        finally:
+            record_stage("parse", time.perf_counter() - started)
 
 
 def _attach_binary_data(request: Any, binary: bytes) -> None:
@@ -282,15 +293,18 @@ class ModelInfer(MethodView):
         bundle = runtime.serving(name, version, methods[0])
         for method in methods[1:]:
             runtime.serving(name, version, method)
+        started = time.perf_counter()
         matrix = tensors.to_matrix(
             body["inputs"],
             bundle.manifest.inputs,
             max_rows=runtime.max_rows,
             allow_nan=bundle.manifest.allow_nan,
         )
+        record_stage("validate", time.perf_counter() - started)
         outputs = []
         for method in methods:
             prediction = runtime.predict_matrix(bundle, matrix, method)
+            observe.note_prediction(prediction)
             output = tensors.encode_output(method, prediction.outputs, prediction.shape)
             if prediction.classes is not None:
                 output["parameters"] = {"classes": prediction.classes}

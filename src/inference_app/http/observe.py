@@ -1,0 +1,135 @@
+"""Per-request observation: the request id, stage timings, metrics and the access log line."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+from flask import Flask, Response, current_app, g, request
+from flask.views import MethodView
+
+from inference_app import metrics
+from inference_app.core.runtime import Prediction
+from inference_app.http.api import Blueprint, get_registry, record_stage
+from inference_app.logs import ACCESS_LOGGER
+
+REQUEST_ID_HEADER = "X-Request-ID"
+#: A request id taken from the caller: printable, without spaces, at most 128 characters.
+REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
+#: Routes that probes and scrapers call: not written to the access log unless LOG_PROBES.
+PROBE_PREFIXES = ("/health/", "/v2/health/", "/ping", "/metrics")
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+blp = Blueprint("metrics", __name__, description="Prometheus metrics of every worker.")
+
+
+@blp.route("/metrics")
+class Metrics(MethodView):
+    """Prometheus exposition."""
+
+    @blp.doc(
+        responses={
+            "200": {
+                "description": "Prometheus text exposition format, merged over all workers",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        }
+    )
+    def get(self) -> Response:
+        """Expose the metrics of every worker"""
+        body, content_type = metrics.collect()
+        return Response(body, content_type=content_type)
+
+
+def note_prediction(prediction: Prediction) -> None:
+    """Record the model, version, rows and stage timings of this request's prediction.
+
+    Several predictions in one request (V2 outputs) add up their rows only once per method
+    call's rows, as each call predicts the same rows again: rows count the first call only.
+    """
+    first = "model" not in g
+    g.model, g.version = prediction.model_name, prediction.model_version
+    if first:
+        g.rows = prediction.rows
+    for stage, seconds in prediction.timings.items():
+        record_stage(stage, seconds)
+
+
+def protocol() -> str:
+    """Return the protocol of the current request, from its blueprint."""
+    return {"v1": "native", "v2": "v2", "mlflow": "mlflow"}.get(request.blueprint or "", "other")
+
+
+def _start() -> None:
+    g.started = time.perf_counter()
+    g.stages = {}
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
+    metrics.IN_FLIGHT.inc()
+
+
+def _finish(response: Response) -> Response:
+    if "started" not in g:  # a request that failed before its first hook
+        return response
+    response.headers[REQUEST_ID_HEADER] = g.request_id
+    duration = time.perf_counter() - g.started
+    kind = protocol()
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    model, version = _known_model()
+    status_class = f"{response.status_code // 100}xx"
+    metrics.REQUESTS.labels(kind, route, model, version, status_class).inc()
+    metrics.REQUEST_DURATION.labels(kind, route, model, version).observe(duration)
+    if getattr(g, "rows", 0):
+        metrics.ROWS.labels(kind, model, version).inc(g.rows)
+    for stage, seconds in g.stages.items():
+        metrics.STAGE_DURATION.labels(kind, stage).observe(seconds)
+    if response.status_code >= 400:
+        error_kind = getattr(g, "error_kind", None) or str(response.status_code)
+        metrics.ERRORS.labels(kind, error_kind).inc()
+    if current_app.config["LOG_PROBES"] or not request.path.startswith(PROBE_PREFIXES):
+        access_log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "request_id": g.request_id,
+                "method": request.method,
+                "path": request.path,
+                "route": route,
+                "protocol": kind,
+                "status": response.status_code,
+                "model": model or None,
+                "version": version or None,
+                "rows": getattr(g, "rows", 0),
+                "duration_ms": round(duration * 1000, 3),
+                "stages_ms": {stage: round(s * 1000, 3) for stage, s in g.stages.items()},
+                "remote_addr": request.remote_addr,
+                "user_agent": request.user_agent.string or None,
+            },
+        )
+    return response
+
+
+def _known_model() -> tuple[str, str]:
+    """Return the model and version labels: only names the registry knows (bounded series)."""
+    if "model" in g:
+        return g.model, g.version
+    name = (request.view_args or {}).get("name")
+    if isinstance(name, str) and name in get_registry().models:
+        return name, str((request.view_args or {}).get("version") or "")
+    return "", ""
+
+
+def _stop_in_flight(error: BaseException | None) -> None:
+    if "started" in g:
+        metrics.IN_FLIGHT.dec()
+
+
+def init_app(app: Flask) -> None:
+    """Install the request hooks on ``app``."""
+    app.before_request(_start)
+    app.after_request(_finish)
+    app.teardown_request(_stop_in_flight)

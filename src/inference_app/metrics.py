@@ -1,0 +1,140 @@
+"""Prometheus metrics, exact across Gunicorn workers (prometheus-client's multiprocess mode).
+
+Under Gunicorn, ``gunicorn.conf.py`` points ``PROMETHEUS_MULTIPROC_DIR`` at an empty folder
+before the app is imported; every process writes its samples there and ``GET /metrics``
+merges them. When a worker exits, :func:`archive_dead_process` folds its counters and
+histograms into one archive file per type, so scrapes read a bounded number of files however
+often workers are recycled. Names follow Prometheus's naming rules (base units, ``_total``).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.mmap_dict import MmapedDict
+
+from inference_app.core.registry import Registry
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Bucket bounds in seconds, from a cached single-row call to a large batch.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+REQUESTS = Counter(
+    "inference_app_requests_total",
+    "HTTP requests answered.",
+    ["protocol", "route", "model", "version", "status_class"],
+)
+REQUEST_DURATION = Histogram(
+    "inference_app_request_duration_seconds",
+    "Time from the request's arrival in the app to its answer, in seconds.",
+    ["protocol", "route", "model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+ROWS = Counter(
+    "inference_app_rows_predicted_total",
+    "Rows predicted (n_samples summed over requests).",
+    ["protocol", "model", "version"],
+)
+IN_FLIGHT = Gauge(
+    "inference_app_requests_in_flight",
+    "Requests being answered now, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+ERRORS = Counter(
+    "inference_app_errors_total",
+    "Error answers, by protocol and kind (the domain error, or the HTTP status).",
+    ["protocol", "kind"],
+)
+STAGE_DURATION = Histogram(
+    "inference_app_stage_duration_seconds",
+    "Time spent per request stage (parse, validate, predict, serialise), in seconds.",
+    ["protocol", "stage"],
+    buckets=LATENCY_BUCKETS,
+)
+MODEL_LOAD_DURATION = Histogram(
+    "inference_app_model_load_duration_seconds",
+    "Time to read, verify and unpickle a model bundle, in seconds.",
+    ["model", "version"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+MODEL_INFO = Gauge(
+    "inference_app_model_info",
+    "A model version served by live workers (always 1), with its scikit-learn version and "
+    "bundle format.",
+    ["model", "version", "sklearn_version", "format"],
+    multiprocess_mode="livemax",
+)
+RELOADS = Counter(
+    "inference_app_model_reloads_total",
+    "Model reloads on SIGHUP, by result (success or failure).",
+    ["result"],
+)
+
+
+def collect() -> tuple[bytes, str]:
+    """Return the exposition text of every process's metrics and its content type."""
+    path = os.environ.get(MULTIPROC_ENV)
+    if path:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def record_loads(registry: Registry) -> None:
+    """Observe how long each bundle of ``registry`` took to load."""
+    for (name, version), seconds in registry.load_seconds.items():
+        MODEL_LOAD_DURATION.labels(name, version).observe(seconds)
+
+
+def record_served(registry: Registry) -> None:
+    """Mark the ready bundles of ``registry`` as served by this process."""
+    for bundle in registry.bundles():
+        if registry.is_ready(bundle):
+            manifest = bundle.manifest
+            labels = (bundle.name, bundle.version, manifest.sklearn_version or "", manifest.format)
+            MODEL_INFO.labels(*labels).set(1)
+
+
+def prepare_directory(path: str | os.PathLike[str]) -> None:
+    """Create ``path`` and remove samples a previous server left there."""
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+
+
+def archive_dead_process(pid: int, path: str | os.PathLike[str] | None = None) -> None:
+    """Fold a dead process's samples into the archive files; forget its live gauges.
+
+    Counters and histograms of ``pid`` are added to ``counter_archive.db`` and
+    ``histogram_archive.db`` (prometheus-client's file format, read by its collector), then
+    removed, so the number of files stays bounded as workers are recycled. Run it in the
+    Gunicorn master's ``child_exit``, when ``pid`` can no longer write.
+    """
+    folder = path or os.environ.get(MULTIPROC_ENV)
+    if not folder:
+        return
+    multiprocess.mark_process_dead(pid, folder)
+    for kind in ("counter", "histogram"):
+        for dead in glob.glob(os.path.join(folder, f"{kind}_{pid}.db")):
+            archive = MmapedDict(os.path.join(folder, f"{kind}_archive.db"))
+            try:
+                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                    total, _ = archive.read_value(key)
+                    archive.write_value(key, total + value, timestamp)
+            finally:
+                archive.close()
+            os.remove(dead)
