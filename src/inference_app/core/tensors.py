@@ -79,7 +79,10 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
         flat = _from_json(name, datatype, data, shape)
     if flat.size != count:
         raise _error(name, f"shape {shape} holds {count} elements but data has {flat.size}")
-    return flat.reshape(shape)
+    try:
+        return flat.reshape(shape)
+    except ValueError:  # a zero-size shape whose other dimensions overflow numpy's index
+        raise _error(name, f"shape {shape} is too large") from None
 
 
 def to_matrix(
@@ -193,11 +196,13 @@ def _from_json(name: str, datatype: str, data: Any, shape: Sequence[int]) -> np.
     if type(data) is not list:
         raise _error(name, "`data` must be an array")
     flat: list[Any] = data
-    for _ in range(max(0, len(shape) - 1)):
+    for depth in range(1, len(shape)):
         if not flat or type(flat[0]) is not list:
             break
         if not all(type(item) is list for item in flat):
             raise _error(name, "`data` mixes arrays and values at one level")
+        if any(len(item) != shape[depth] for item in flat):
+            raise _error(name, f"nested `data` disagrees with shape {list(shape)}")
         flat = list(itertools.chain.from_iterable(flat))
     kinds = set(map(type, flat))
     accepted = ELEMENT_TYPES[datatype]

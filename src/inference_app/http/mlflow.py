@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
 from typing import Any
 
@@ -33,6 +34,11 @@ from inference_app.http.schemas import Array
 #: The request header naming the model to use; without it, the default model answers.
 MODEL_HEADER = "X-Model-Name"
 INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+#: A CSV cell pandas reads as a number: ASCII decimal, optional exponent, or nan / inf.
+CSV_NUMBER = re.compile(
+    r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|inf|infinity)\s*",
+    re.ASCII | re.IGNORECASE,
+)
 
 
 class DataFrameSplitSchema(Schema):
@@ -225,25 +231,32 @@ def _csv_records(body: bytes) -> list[dict[str, Any]]:
     except UnicodeDecodeError:
         abort(400, message="The CSV is not UTF-8")
     reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if not header:
-        abort(400, message="The CSV is empty: send a header row of feature names, then rows")
-    skip = 1 if header[0] == "" else 0
-    names = header[skip:]
-    records = []
-    for number, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            abort(400, message=f"CSV line {number}: {len(row)} cells for {len(header)} columns")
-        record: dict[str, Any] = {}
-        for name, cell in zip(names, row[skip:], strict=True):
-            try:
-                record[name] = float(cell) if cell.strip() else None
-            except ValueError:
-                abort(
-                    400,
-                    message=f"CSV line {number}, column {name!r}: {cell[:50]!r} is not a number",
-                )
-        records.append(record)
+    try:
+        header = next(reader, None)
+        if not header:
+            abort(400, message="The CSV is empty: send a header row of feature names, then rows")
+        skip = 1 if header[0] == "" else 0
+        names = header[skip:]
+        records = []
+        for number, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                abort(400, message=f"CSV line {number}: {len(row)} cells for {len(header)} columns")
+            cells = zip(names, row[skip:], strict=True)
+            records.append({name: _csv_value(cell, number, name) for name, cell in cells})
+    except csv.Error as error:
+        abort(400, message=f"CSV line {reader.line_num}: {error}")
     return records
+
+
+def _csv_value(cell: str, line: int, column: str) -> float | None:
+    """Return a CSV cell as pandas reads it: a number, or ``None`` when empty.
+
+    :raises werkzeug.exceptions.BadRequest: the cell is text, naming its line and column.
+    """
+    if not cell.strip():
+        return None
+    if not CSV_NUMBER.fullmatch(cell):
+        abort(400, message=f"CSV line {line}, column {column!r}: {cell[:50]!r} is not a number")
+    return float(cell)

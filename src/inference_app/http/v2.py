@@ -60,12 +60,10 @@ class InferBodyParser(JSONBodyParser):
 def _attach_binary_data(request: Any, binary: bytes) -> None:
     """Move each input's ``binary_data_size`` bytes from ``binary`` into its ``data``."""
     offset = 0
-    for tensor in request.get("inputs", []) if isinstance(request, dict) else []:
-        size = (
-            (tensor.get("parameters") or {}).get("binary_data_size")
-            if isinstance(tensor, dict)
-            else None
-        )
+    inputs = request.get("inputs") if isinstance(request, dict) else None
+    for tensor in inputs if isinstance(inputs, list) else []:
+        parameters = tensor.get("parameters") if isinstance(tensor, dict) else None
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
         if size is None:
             continue
         if type(size) is not int or size < 0 or offset + size > len(binary):
@@ -201,7 +199,11 @@ class Server(MethodView):
     @blp.response(200, ServerMetadataResponseSchema)
     def get(self) -> dict[str, Any]:
         """Describe the server"""
-        return {"name": "inference-app", "version": __version__, "extensions": []}
+        return {
+            "name": "inference-app",
+            "version": __version__,
+            "extensions": ["binary_tensor_data"],
+        }
 
 
 @blp.route("/health/live")
