@@ -339,7 +339,7 @@ def _set_input(manifest: dict[str, Any], key: str, value: Any) -> None:
         pytest.param(lambda m: m.update(classes=["a", "b", "c"]), "classes", id="classes"),
         pytest.param(lambda m: m["inputs"].pop(), "features", id="fewer-inputs"),
         pytest.param(lambda m: m["inputs"].append(m["inputs"][0]), "features", id="more-inputs"),
-        pytest.param(lambda m: m.update(format="skops"), "format", id="format"),
+        pytest.param(lambda m: m.update(format="onnx"), "format", id="format"),
         pytest.param(lambda m: m.update(methods=["transform"]), "methods", id="methods"),
         pytest.param(lambda m: m.pop("inputs"), "inputs", id="no-inputs"),
         pytest.param(lambda m: m.pop("sha256"), "sha256 mismatch", id="no-sha256"),
@@ -443,7 +443,7 @@ def test_bare_file_that_does_not_unpickle_is_refused(tmp_path: Path, content: by
 def test_folder_without_estimator_file_is_refused(tmp_path: Path) -> None:
     folder = tmp_path / "iris" / "1"
     folder.mkdir(parents=True)
-    with pytest.raises(BundleError, match="no model.json and no model.joblib"):
+    with pytest.raises(BundleError, match="no model.json, no model.joblib and no model.skops"):
         load_bundle(folder)
 
 

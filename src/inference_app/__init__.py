@@ -40,7 +40,9 @@ def create_app(
     )
     config.init_app(app, test_config)
 
-    registry = Registry(config.models_dir(app))
+    registry = Registry(
+        config.models_dir(app), strict_sklearn_version=app.config["STRICT_SKLEARN_VERSION"]
+    )
     registry.load()
     config.check_default_model(app, registry.models)
     runtime = Runtime(

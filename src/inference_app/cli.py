@@ -37,15 +37,20 @@ def main() -> None:
     """Serve scikit-learn models over HTTP; `inference-app run` starts a development server."""
 
 
-def _models_dir(instance_path: Path) -> Path:
-    """Return the models folder of an instance folder, honouring MODELS_DIR from the env."""
+def _configured(instance_path: Path) -> Flask:
+    """Return a bare app holding the instance's configuration (no models loaded)."""
     app = Flask(
         "inference_app",
         instance_path=str(config.resolve_instance_path(instance_path)),
         instance_relative_config=True,
     )
     config.init_app(app)
-    return config.models_dir(app)
+    return app
+
+
+def _models_dir(instance_path: Path) -> Path:
+    """Return the models folder of an instance folder, honouring MODELS_DIR from the env."""
+    return config.models_dir(_configured(instance_path))
 
 
 @main.command("init-demo", with_appcontext=False)
@@ -72,9 +77,23 @@ def init_demo(instance_path: Path, force: bool) -> None:
     help="A CSV of training rows with a header row of feature names.",
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle of that version.")
+@click.option(
+    "--format",
+    "bundle_format",
+    type=click.Choice(["joblib", "skops"]),
+    default="joblib",
+    show_default=True,
+    help="skops: the server loads only the types listed now, for your review.",
+)
 @instance_option
 def package(
-    estimator_file: Path, name: str, version: str, sample: Path, force: bool, instance_path: Path
+    estimator_file: Path,
+    name: str,
+    version: str,
+    sample: Path,
+    force: bool,
+    bundle_format: str,
+    instance_path: Path,
 ) -> None:
     """Write a bundle from a fitted estimator file (joblib) and a CSV sample of its data.
 
@@ -96,19 +115,26 @@ def package(
             version,
             feature_names=names,
             overwrite=force,
+            format=bundle_format,
         )
     except BundleError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"wrote {bundle.name} version {bundle.version} to {bundle.path}")
+    if bundle.manifest.trusted_types:
+        click.echo("the server will load these types beyond skops' defaults; review them:")
+        for trusted in bundle.manifest.trusted_types:
+            click.echo(f"  {trusted}")
 
 
 @main.command("models", with_appcontext=False)
 @instance_option
 def models(instance_path: Path) -> None:
     """List the bundles that would be served, and why any is refused."""
-    found = discover(_models_dir(instance_path))
+    app = _configured(instance_path)
+    models_dir = config.models_dir(app)
+    found = discover(models_dir, strict_sklearn_version=app.config["STRICT_SKLEARN_VERSION"])
     if not found:
-        click.echo(f"no bundles under {_models_dir(instance_path)}")
+        click.echo(f"no bundles under {models_dir}")
         return
     # discover sorts each model's versions lowest first: the last one is the default.
     highest = {item.name: item.version for item in found}

@@ -28,6 +28,20 @@ DEFAULTS: dict[str, Any] = {
     # When models run their first prediction: "on_load" in create_app, or "post_fork" in a
     # Gunicorn hook, so that a preloading master never runs inference (gunicorn.conf.py).
     "WARM_UP": "on_load",
+    # Refuse bundles saved with another scikit-learn version (else: served, with a warning).
+    "STRICT_SKLEARN_VERSION": False,
+    # API keys: a list, or a comma-separated string; with none, the API is open.
+    "API_KEYS": [],
+    # A file of API key SHA-256 hex digests, one per line ('#' starts a comment).
+    "API_KEYS_FILE": None,
+    # Ask for a key on /docs and /openapi.json too (probes and /metrics never ask).
+    "AUTH_DOCS": False,
+    # Answers 429 beyond this many concurrent requests per worker (0: no cap).
+    "MAX_CONCURRENT_REQUESTS": 0,
+    # The deepest JSON nesting a request may use (a V2 tensor of shape [N, F] needs 4).
+    "MAX_JSON_DEPTH": 32,
+    # Origins allowed to call the API from a browser (CORS); none by default.
+    "CORS_ORIGINS": [],
     # Write access log lines for probes and /metrics too.
     "LOG_PROBES": False,
     # flask-smorest: the OpenAPI document and Swagger UI, served from local files.
@@ -62,6 +76,19 @@ def _text(value: Any) -> bool:
     return isinstance(value, str) and bool(value)
 
 
+def _strings(value: Any) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(item, str) and item for item in value)
+    )
+
+
+def string_list(value: str | list[str]) -> list[str]:
+    """Return a list setting given as a list or as a comma-separated string."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return list(value)
+
+
 #: Each validated setting: a check of its value, and what the value must be.
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "MODELS_DIR": (_text, "a non-empty string"),
@@ -71,6 +98,19 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "UNKNOWN_FEATURES": (lambda value: value in ("reject", "ignore"), "'reject' or 'ignore'"),
     "WARM_UP": (lambda value: value in ("on_load", "post_fork"), "'on_load' or 'post_fork'"),
     "LOG_PROBES": (lambda value: type(value) is bool, "true or false"),
+    "STRICT_SKLEARN_VERSION": (lambda value: type(value) is bool, "true or false"),
+    "AUTH_DOCS": (lambda value: type(value) is bool, "true or false"),
+    "API_KEYS": (lambda value: _strings(value), "a list of keys or a comma-separated string"),
+    "API_KEYS_FILE": (lambda value: value is None or _text(value), "a file path or null"),
+    "MAX_CONCURRENT_REQUESTS": (
+        lambda value: type(value) is int and value >= 0,
+        "a non-negative integer (0: no cap)",
+    ),
+    "MAX_JSON_DEPTH": (_positive_int, "a positive integer"),
+    "CORS_ORIGINS": (
+        lambda value: _strings(value),
+        "a list of origins or a comma-separated string",
+    ),
 }
 
 

@@ -24,6 +24,7 @@ from sklearn.base import is_classifier
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted
+from skops import io as skops_io
 
 from inference_app.core.errors import BundleError
 
@@ -31,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "model.json"
 JOBLIB_FILE = "model.joblib"
+SKOPS_FILE = "model.skops"
+#: The estimator file of each bundle format. skops files load only reviewed types.
+FORMAT_FILES = {"joblib": JOBLIB_FILE, "skops": SKOPS_FILE}
 #: The prediction methods the server exposes, in the order it lists them.
 METHODS = ("predict", "predict_proba", "decision_function")
 #: Names and versions are single path segments: no separators, no leading dot.
@@ -75,6 +79,7 @@ class Manifest:
     created: str | None = None
     allow_nan: bool = False
     reference: Mapping[str, Any] = field(default_factory=dict)
+    trusted_types: tuple[str, ...] = ()
 
     @property
     def feature_names(self) -> list[str]:
@@ -93,6 +98,7 @@ class Manifest:
         data["methods"] = list(self.methods)
         data["classes"] = None if self.classes is None else list(self.classes)
         data["reference"] = dict(self.reference)
+        data["trusted_types"] = list(self.trusted_types)
         return data
 
     @classmethod
@@ -119,6 +125,7 @@ class Manifest:
                 created=data.get("created"),
                 allow_nan=bool(data.get("allow_nan", False)),
                 reference=dict(data.get("reference") or {}),
+                trusted_types=tuple(map(str, data.get("trusted_types") or ())),
             )
         except (KeyError, TypeError) as error:
             raise BundleError(f"{MANIFEST_FILE} lacks or mistypes a field: {error}") from None
@@ -181,6 +188,7 @@ def write_bundle(
     *,
     feature_names: Sequence[str] | None = None,
     overwrite: bool = False,
+    format: str = "joblib",
 ) -> Bundle:
     """Write a bundle from a fitted estimator and a sample of its training data.
 
@@ -198,6 +206,9 @@ def write_bundle(
     :param feature_names: the column names when ``sample`` is an array; default the
         estimator's ``feature_names_in_``, else ``x0``, ``x1``, ...
     :param overwrite: replace an existing bundle of the same name and version.
+    :param format: ``"joblib"`` (a pickle: loading it runs code) or ``"skops"`` (loads only
+        the types skops trusts plus those recorded here as reviewed, the output of
+        ``skops.io.get_untrusted_types`` at packaging time, in ``trusted_types``).
     :returns: the bundle as the server will load it.
     :raises BundleError: a bad name or version, an estimator without ``predict`` or not
         fitted, a sample that does not fit it, a non-numeric feature, or an existing bundle
@@ -205,6 +216,8 @@ def write_bundle(
     """
     check_name("model name", name)
     check_name("version", version)
+    if format not in FORMAT_FILES:
+        raise BundleError(f"format {format!r} is not one of {', '.join(FORMAT_FILES)}")
     if not hasattr(estimator, "predict"):
         raise BundleError(f"a {type(estimator).__name__} has no predict method to serve")
     try:
@@ -215,38 +228,48 @@ def write_bundle(
     if (target / MANIFEST_FILE).exists() and not overwrite:
         raise BundleError(f"{target} already holds a bundle; pass overwrite to replace it")
     inputs, matrix = _describe_sample(estimator, sample, feature_names)
-    payload = io.BytesIO()
-    joblib.dump(estimator, payload)
-    data = payload.getvalue()
+    trusted: tuple[str, ...] = ()
+    if format == "skops":
+        data = skops_io.dumps(estimator)
+        trusted = tuple(skops_io.get_untrusted_types(data=data))
+    else:
+        payload = io.BytesIO()
+        joblib.dump(estimator, payload)
+        data = payload.getvalue()
     manifest = Manifest(
         name=name,
         version=version,
         inputs=inputs,
-        format="joblib",
-        file=JOBLIB_FILE,
+        format=format,
+        file=FORMAT_FILES[format],
         sha256=sha256_of(data),
+        trusted_types=trusted,
         sklearn_version=sklearn.__version__,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         reference=_reference(matrix, inputs),
         **_describe_estimator(estimator),
     )
     target.mkdir(parents=True, exist_ok=True)
-    _write_atomically(target / JOBLIB_FILE, data)
+    _write_atomically(target / manifest.file, data)
     text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
     _write_atomically(target / MANIFEST_FILE, text.encode())
     return Bundle(manifest=manifest, estimator=estimator, path=target)
 
 
-def load_bundle(path: str | os.PathLike[str]) -> Bundle:
+def load_bundle(path: str | os.PathLike[str], *, strict_sklearn_version: bool = False) -> Bundle:
     """Load the bundle in a version folder ``<models>/<name>/<version>``.
 
-    With a manifest, the estimator file's SHA-256 is checked against it before unpickling,
-    and the unpickled estimator is checked against the manifest (``n_features_in_``,
-    ``classes_``). A bare ``model.joblib`` is loaded with a warning, its inputs inferred
-    from ``feature_names_in_`` or ``n_features_in_``.
+    With a manifest, the estimator file's SHA-256 is checked against it before it is read,
+    and the estimator is checked against the manifest (``n_features_in_``, ``classes_``). A
+    skops file loads only the types skops trusts and those the manifest lists as reviewed.
+    A bare ``model.joblib`` (or ``model.skops``) is loaded with a warning, its inputs
+    inferred from ``feature_names_in_`` or ``n_features_in_``.
 
+    :param strict_sklearn_version: refuse a bundle saved with another scikit-learn version
+        (by default it is served, with a warning in its metadata and the log).
     :raises BundleError: no estimator file, a bad manifest, a checksum mismatch (naming
-        the file), an unpickling failure or an estimator that contradicts its manifest.
+        the file), a type outside the reviewed list, a loading failure, an estimator that
+        contradicts its manifest, or (strict) another scikit-learn version.
     """
     folder = Path(path)
     name = check_name("model name", folder.parent.name)
@@ -255,20 +278,40 @@ def load_bundle(path: str | os.PathLike[str]) -> Bundle:
     if manifest_path.is_file():
         manifest = _read_manifest(manifest_path, name, version)
         data = _read_checked(folder, manifest)
-        estimator, notes = _unpickle(f"{name}/{version}/{manifest.file}", data)
+        label = f"{name}/{version}/{manifest.file}"
+        estimator, notes = _deserialise(label, data, manifest.format, manifest.trusted_types)
         _check_consistent(manifest, estimator, folder)
+        notes += _check_sklearn_version(label, manifest.sklearn_version, strict_sklearn_version)
         return Bundle(manifest=manifest, estimator=estimator, path=folder, warnings=notes)
-    bare = folder / JOBLIB_FILE
-    if not bare.is_file():
-        raise BundleError(f"{folder}: no {MANIFEST_FILE} and no {JOBLIB_FILE}")
-    estimator, notes = _unpickle(f"{name}/{version}/{JOBLIB_FILE}", bare.read_bytes())
+    bare = next(
+        (folder / file for file in FORMAT_FILES.values() if (folder / file).is_file()), None
+    )
+    if bare is None:
+        raise BundleError(f"{folder}: no {MANIFEST_FILE}, no {JOBLIB_FILE} and no {SKOPS_FILE}")
+    label = f"{name}/{version}/{bare.name}"
+    bare_format = "skops" if bare.name == SKOPS_FILE else "joblib"
+    estimator, notes = _deserialise(label, bare.read_bytes(), bare_format, ())
     manifest = _infer_manifest(estimator, name, version)
+    manifest = dataclasses.replace(manifest, format=bare_format, file=bare.name)
     note = (
-        f"{name}/{version}/{JOBLIB_FILE}: no {MANIFEST_FILE}, so its checksum is not verified "
-        "and its inputs are inferred; write a bundle with `inference-app package`"
+        f"{label}: no {MANIFEST_FILE}, so its checksum is not verified and its inputs are "
+        "inferred; write a bundle with `inference-app package`"
     )
     logger.warning(note)
     return Bundle(manifest=manifest, estimator=estimator, path=folder, warnings=(note, *notes))
+
+
+def _check_sklearn_version(label: str, saved: str | None, strict: bool) -> tuple[str, ...]:
+    if saved is None or saved == sklearn.__version__:
+        return ()
+    note = (
+        f"{label}: saved with scikit-learn {saved}, served with {sklearn.__version__}; "
+        "predictions may differ: re-package it with this version"
+    )
+    if strict:
+        raise BundleError(f"{note} (STRICT_SKLEARN_VERSION refuses it)")
+    logger.warning(note)
+    return (note,)
 
 
 def _read_manifest(path: Path, name: str, version: str) -> Manifest:
@@ -287,8 +330,9 @@ def _read_manifest(path: Path, name: str, version: str) -> Manifest:
             f"{path}: names model {manifest.name!r} version {manifest.version!r} but lives in "
             f"{name}/{version}"
         )
-    if manifest.format != "joblib":
-        raise BundleError(f"{path}: format {manifest.format!r} is not supported; use joblib")
+    if manifest.format not in FORMAT_FILES:
+        formats = " or ".join(FORMAT_FILES)
+        raise BundleError(f"{path}: format {manifest.format!r} is not supported; use {formats}")
     if manifest.file != Path(manifest.file).name or manifest.file.startswith("."):
         raise BundleError(f"{path}: file {manifest.file!r} must be a file name in the bundle")
     return manifest
@@ -309,13 +353,26 @@ def _read_checked(folder: Path, manifest: Manifest) -> bytes:
     return data
 
 
-def _unpickle(file: str, data: bytes) -> tuple[Any, tuple[str, ...]]:
-    """Unpickle an estimator; ``file`` names it relative to the models folder in messages."""
+def _deserialise(
+    file: str, data: bytes, format: str, trusted: Sequence[str]
+) -> tuple[Any, tuple[str, ...]]:
+    """Load an estimator; ``file`` names it relative to the models folder in messages."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            estimator = joblib.load(io.BytesIO(data))
-        except Exception as error:  # unpickling runs arbitrary code: any failure refuses it
+            if format == "skops":
+                untrusted = sorted(set(skops_io.get_untrusted_types(data=data)) - set(trusted))
+                if untrusted:
+                    raise BundleError(
+                        f"{file}: holds types nobody reviewed when it was packaged: "
+                        f"{', '.join(untrusted[:10])}; refused"
+                    )
+                estimator = skops_io.loads(data, trusted=list(trusted))
+            else:
+                estimator = joblib.load(io.BytesIO(data))
+        except BundleError:
+            raise
+        except Exception as error:  # loading runs the file's instructions: any failure refuses
             raise BundleError(f"{file}: cannot load: {type(error).__name__}: {error}") from None
     notes = tuple(f"{file}: {warning.message}" for warning in caught)
     for note in notes:
@@ -347,7 +404,7 @@ def _infer_manifest(estimator: Any, name: str, version: str) -> Manifest:
         n_features = getattr(estimator, "n_features_in_", None)
         if n_features is None:
             raise BundleError(
-                f"{name}/{version}/{JOBLIB_FILE}: has neither feature_names_in_ nor "
+                f"{name}/{version}: the estimator has neither feature_names_in_ nor "
                 f"n_features_in_; package it with a sample to describe its inputs"
             )
         names = [f"x{index}" for index in range(n_features)]

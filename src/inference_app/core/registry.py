@@ -59,15 +59,19 @@ class Model:
         return self.versions[self.default_version]
 
 
-def discover(models_dir: str | os.PathLike[str]) -> list[Discovered]:
+def discover(
+    models_dir: str | os.PathLike[str], *, strict_sklearn_version: bool = False
+) -> list[Discovered]:
     """Load every ``<models_dir>/<name>/<version>`` folder, sorted by name then version.
 
     A folder that fails to load is returned with its error instead of raising; hidden
-    entries and files are skipped. A missing ``models_dir`` holds no models.
+    entries and files are skipped, and a folder that resolves outside ``models_dir`` (a
+    symbolic link) is refused. A missing ``models_dir`` holds no models.
     """
     root = Path(models_dir)
     if not root.is_dir():
         return []
+    real_root = root.resolve()
     found = []
     for model_dir in sorted(root.iterdir()):
         if not model_dir.is_dir() or model_dir.name.startswith("."):
@@ -76,7 +80,9 @@ def discover(models_dir: str | os.PathLike[str]) -> list[Discovered]:
         for version_dir in sorted(versions, key=lambda p: version_key(p.name)):
             started = time.perf_counter()
             try:
-                bundle = load_bundle(version_dir)
+                if not version_dir.resolve().is_relative_to(real_root):
+                    raise BundleError(f"{version_dir}: resolves outside {root}; refused")
+                bundle = load_bundle(version_dir, strict_sklearn_version=strict_sklearn_version)
             except BundleError as error:
                 found.append(
                     Discovered(model_dir.name, version_dir.name, version_dir, error=str(error))
@@ -96,10 +102,14 @@ class Registry:
     sees either the old set or the new one.
 
     :param models_dir: the folder of model folders, usually ``<instance>/models``.
+    :param strict_sklearn_version: refuse bundles saved with another scikit-learn version.
     """
 
-    def __init__(self, models_dir: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, models_dir: str | os.PathLike[str], *, strict_sklearn_version: bool = False
+    ) -> None:
         self.models_dir = Path(models_dir)
+        self.strict_sklearn_version = strict_sklearn_version
         self._models: Mapping[str, Model] = MappingProxyType({})
         self._ready: frozenset[tuple[str, str]] = frozenset()
         #: Seconds each ``(name, version)`` took to load, read and verify included.
@@ -114,7 +124,7 @@ class Registry:
 
         :raises BundleError: listing every refused folder and why.
         """
-        found = discover(self.models_dir)
+        found = discover(self.models_dir, strict_sklearn_version=self.strict_sklearn_version)
         refused = [item for item in found if item.error]
         if refused:
             errors: dict[str, list[str]] = {}
