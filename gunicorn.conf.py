@@ -75,6 +75,9 @@ if os.path.isdir("/dev/shm"):
 
 preload_app = _env_bool("GUNICORN_PRELOAD_APP", True)
 os.environ["INFERENCE_APP_WARM_UP"] = "post_fork"
+# Flask's debug mode (and Werkzeug's debugger) never runs under Gunicorn.
+os.environ["INFERENCE_APP_DEBUG"] = "false"
+os.environ.pop("FLASK_DEBUG", None)
 
 # Control socket (Gunicorn 25.1+)
 #

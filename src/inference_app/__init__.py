@@ -31,7 +31,7 @@ def create_app(
     from inference_app import config, metrics
     from inference_app.core.registry import Registry
     from inference_app.core.runtime import Runtime
-    from inference_app.http import api, docs, health, mlflow, observe, v1, v2
+    from inference_app.http import api, docs, health, mlflow, observe, security, v1, v2
 
     app = Flask(
         __name__,
@@ -58,6 +58,7 @@ def create_app(
     observe.init_app(app)
 
     smorest = api.init_app(app)
+    security.init_app(app, smorest)
     smorest.register_blueprint(health.blp)
     smorest.register_blueprint(v1.blp)
     smorest.register_blueprint(v2.blp)

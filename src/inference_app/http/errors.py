@@ -38,7 +38,10 @@ def v2_envelope(code: int, message: str, errors: Mapping[str, Any] | None) -> di
 
 #: MLflow's error codes (``mlflow.protos.databricks_pb2``) by HTTP status.
 MLFLOW_ERROR_CODES = {
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
     404: "RESOURCE_DOES_NOT_EXIST",
+    429: "REQUEST_LIMIT_EXCEEDED",
     500: "INTERNAL_ERROR",
     503: "TEMPORARILY_UNAVAILABLE",
 }

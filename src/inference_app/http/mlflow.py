@@ -11,10 +11,9 @@ import csv
 import io
 import json
 import re
-import time
 from typing import Any
 
-from flask import Response, current_app, request
+from flask import Response, request
 from flask.views import MethodView
 from marshmallow import Schema, ValidationError, fields, validates_schema
 from webargs.flaskparser import abort
@@ -27,7 +26,7 @@ from inference_app.http.api import (
     default_model_name,
     get_registry,
     get_runtime,
-    record_stage,
+    load_json,
 )
 from inference_app.http.schemas import Array
 
@@ -176,13 +175,10 @@ class Invocations(MethodView):
 
 
 def _json_instances(body: bytes) -> list[Any]:
-    started = time.perf_counter()
     try:
-        data = current_app.json.loads(body)
+        data = load_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         abort(400, message=f"The body is not valid JSON ({error})")
-    finally:
-        record_stage("parse", time.perf_counter() - started)
     if (
         isinstance(data, dict)
         and not set(INPUT_KEYS) & set(data)

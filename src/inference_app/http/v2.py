@@ -6,11 +6,10 @@ health and metadata, and inference; plus Triton's binary tensor data extension f
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-from flask import Request, current_app
+from flask import Request
 from flask.views import MethodView
 from marshmallow import INCLUDE, Schema, fields, validate
 from webargs.flaskparser import abort
@@ -24,6 +23,7 @@ from inference_app.http.api import (
     JSONBodyParser,
     get_registry,
     get_runtime,
+    load_json,
     record_stage,
 )
 
@@ -40,21 +40,12 @@ class InferBodyParser(JSONBodyParser):
         body = req.get_data(cache=True)
         header = req.headers.get(HEADER_LENGTH)
         if header is None:
-            return self._parse(body)
+            return load_json(body)
         if not header.isdigit() or int(header) > len(body):
             abort(400, message=f"{HEADER_LENGTH} must be a byte count within the body")
-        request = self._parse(body[: int(header)])
+        request = load_json(body[: int(header)])
         _attach_binary_data(request, body[int(header) :])
         return request
-
-    def _parse(self, body: bytes) -> Any:
-        started = time.perf_counter()
-        try:
-            return current_app.json.loads(body)
-        except json.JSONDecodeError as error:
-            raise json.JSONDecodeError(error.msg, error.doc or "(empty body)", error.pos) from None
-        finally:
-            record_stage("parse", time.perf_counter() - started)
 
 
 def _attach_binary_data(request: Any, binary: bytes) -> None:

@@ -1,0 +1,178 @@
+"""Request guards and response headers: API keys, a concurrency cap, JSON depth, CORS, CSP."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, current_app, g, request
+from flask_cors import CORS
+from webargs.flaskparser import abort
+
+from inference_app.config import ConfigError, string_list
+
+EXTENSION = "inference_app.security"
+#: Routes that never ask for a key nor count against the concurrency cap.
+OPEN_PREFIXES = ("/health/", "/v2/health/", "/ping", "/metrics")
+#: Routes of the interactive docs, open unless AUTH_DOCS.
+DOCS_PREFIXES = ("/docs", "/openapi.json")
+API_KEY_HEADER = "X-API-Key"
+REALM = 'Bearer realm="inference-app"'
+#: The Content-Security-Policy of every answer but the docs page.
+API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+SECURITY_SCHEMES = {
+    "bearerAuth": {"type": "http", "scheme": "bearer"},
+    "apiKeyAuth": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+}
+
+
+class Guard:
+    """One app's key digests and concurrency semaphore.
+
+    :param digests: SHA-256 hex digests of the accepted API keys; none: no key asked.
+    :param max_concurrent: the most requests one worker answers at once (0: no cap).
+    """
+
+    def __init__(self, digests: frozenset[str], max_concurrent: int) -> None:
+        self.digests = digests
+        self.semaphore = threading.BoundedSemaphore(max_concurrent) if max_concurrent else None
+
+    def accepts(self, key: str) -> bool:
+        """Return whether ``key`` is one of the API keys, comparing digests in constant time."""
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        matched = False
+        for known in self.digests:  # every digest is compared, whichever matches
+            matched |= hmac.compare_digest(digest, known)
+        return matched
+
+
+def key_digests(keys: str | list[str], keys_file: str | None, instance_path: str) -> frozenset[str]:
+    """Return the digests of the configured keys and of the keys file's lines.
+
+    :raises ConfigError: the keys file cannot be read or holds a line that is not a digest.
+    """
+    digests = {hashlib.sha256(key.encode()).hexdigest() for key in string_list(keys)}
+    if keys_file:
+        path = Path(instance_path) / keys_file
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as error:
+            raise ConfigError(f"setting API_KEYS_FILE: cannot read {path}: {error}") from None
+        for number, line in enumerate(lines, start=1):
+            digest = line.split("#", 1)[0].strip().lower()
+            if not digest:
+                continue
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise ConfigError(
+                    f"setting API_KEYS_FILE: {path}:{number} is not a SHA-256 hex digest"
+                )
+            digests.add(digest)
+    return frozenset(digests)
+
+
+def _presented_key() -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header[:7].lower() == "bearer ":
+        return header[7:].strip()
+    return request.headers.get(API_KEY_HEADER)
+
+
+def _guard() -> Guard:
+    guard: Guard = current_app.extensions[EXTENSION]
+    return guard
+
+
+def _is_open(path: str) -> bool:
+    if path.startswith(OPEN_PREFIXES):
+        return True
+    return path.startswith(DOCS_PREFIXES) and not current_app.config["AUTH_DOCS"]
+
+
+def _authenticate() -> None:
+    guard = _guard()
+    if not guard.digests or request.method == "OPTIONS" or _is_open(request.path):
+        return
+    key = _presented_key()
+    if not key or not guard.accepts(key):
+        abort(
+            401,
+            message=(
+                "Send a valid API key: the header Authorization: Bearer <key>, or X-API-Key"
+                if key
+                else "This API needs a key: send Authorization: Bearer <key>, or X-API-Key"
+            ),
+            headers={"WWW-Authenticate": REALM},
+        )
+
+
+def _enter() -> None:
+    semaphore = _guard().semaphore
+    if semaphore is None or request.path.startswith(OPEN_PREFIXES):
+        return
+    if not semaphore.acquire(blocking=False):
+        abort(
+            429,
+            message="This worker is answering as many requests as it may: retry in a second",
+            headers={"Retry-After": "1"},
+        )
+    g.holds_slot = True
+
+
+def _leave(error: BaseException | None) -> None:
+    if g.pop("holds_slot", False):
+        semaphore = _guard().semaphore
+        assert semaphore is not None
+        semaphore.release()
+
+
+def _headers(response: Response) -> Response:
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if request.method == "POST":
+        response.headers["Cache-Control"] = "no-store"
+    if response.mimetype == "text/html":
+        response.headers["Content-Security-Policy"] = _page_policy(response)
+    else:
+        response.headers.setdefault("Content-Security-Policy", API_POLICY)
+    return response
+
+
+def _page_policy(response: Response) -> str:
+    """Return a policy letting a page run only its own files and its own inline scripts."""
+    html = response.get_data(as_text=True)
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(script.encode()).digest()).decode() + "'"
+        for script in re.findall(r"<script>(.*?)</script>", html, flags=re.S)
+    )
+    return (
+        f"default-src 'self'; script-src 'self' {hashes}; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; frame-ancestors 'none'"
+    )
+
+
+def init_app(app: Flask, api: Any) -> None:
+    """Install authentication, the concurrency cap, security headers and CORS on ``app``.
+
+    With keys configured, the OpenAPI document declares the bearer and ``X-API-Key``
+    schemes, so Swagger UI's Authorize button sends them.
+
+    :raises ConfigError: the keys file cannot be read.
+    """
+    digests = key_digests(app.config["API_KEYS"], app.config["API_KEYS_FILE"], app.instance_path)
+    app.extensions[EXTENSION] = Guard(digests, app.config["MAX_CONCURRENT_REQUESTS"])
+    app.before_request(_authenticate)
+    app.before_request(_enter)
+    app.teardown_request(_leave)
+    app.after_request(_headers)
+    origins = string_list(app.config["CORS_ORIGINS"])
+    if origins:
+        CORS(app, origins=origins, expose_headers=["X-Request-ID"])
+    if digests:
+        for name, scheme in SECURITY_SCHEMES.items():
+            api.spec.components.security_scheme(name, scheme)
+        api.spec.options["security"] = [{name: []} for name in SECURITY_SCHEMES]
