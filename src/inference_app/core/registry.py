@@ -135,7 +135,8 @@ class Registry:
             raise BundleError("refused model bundles:\n  " + "\n  ".join(lines))
         grouped: dict[str, dict[str, Bundle]] = {}
         for item in found:
-            assert item.bundle is not None
+            if item.bundle is None:  # refused items raised above
+                continue
             grouped.setdefault(item.name, {})[item.version] = item.bundle
             logger.info(
                 "loaded model %s version %s from %s in %.3f s",
