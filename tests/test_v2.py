@@ -493,7 +493,8 @@ MATRIX = [
     ),
     pytest.param(Case(infer(tensor(shape=[-1, 4])), phrase="negative"), id="negative shape"),
     pytest.param(
-        Case(infer(tensor(shape=[OVERFLOW, 4])), phrase=f"holds {OVERFLOW * 4} elements"),
+        # orjson reads integers beyond 64 bits as floats: not a valid shape integer.
+        Case(infer(tensor(shape=[OVERFLOW, 4])), phrase="shape.0: Not a valid integer"),
         id="overflowing shape",
     ),
     pytest.param(
@@ -512,7 +513,8 @@ MATRIX = [
         id="UINT8 negative",
     ),
     pytest.param(
-        Case(infer(tensor([2**64, 3, 1, 0], datatype="INT64")), phrase="out of INT64's range"),
+        # orjson reads integers beyond 64 bits as floats, which INT64 does not take.
+        Case(infer(tensor([2**64, 3, 1, 0], datatype="INT64")), phrase="INT64 takes int elements"),
         id="INT64 out of range",
     ),
     pytest.param(

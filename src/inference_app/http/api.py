@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import flask_smorest
+import orjson
 from flask import Flask, Request, current_app, g
 from flask.json.provider import DefaultJSONProvider
 from webargs.flaskparser import FlaskParser, abort, is_json_request
@@ -67,28 +68,51 @@ def record_stage(stage: str, seconds: float) -> None:
 
 
 class JSONProvider(DefaultJSONProvider):
-    """Flask's JSON with strict output and a clean error for deeply nested input."""
+    """Flask's JSON through orjson, with the standard library's messages for bad input.
+
+    Outputs must already be finite: :func:`~inference_app.core.runtime.json_values` refuses
+    NaN and infinity in predictions, and the standard library path refuses them elsewhere.
+    """
 
     sort_keys = False
+    #: orjson options: error bodies key rows by their index (an int).
+    options = orjson.OPT_NON_STR_KEYS
 
     def response(self, *args: Any, **kwargs: Any) -> WerkzeugResponse:
         """Serialise a JSON response, timing it as the ``serialise`` stage."""
         started = time.perf_counter()
-        response = super().response(*args, **kwargs)
+        body = self._dump_bytes(self._prepare_response_obj(args, kwargs))
+        # Flask types the app's response class by its sans-IO base, whose first argument differs.
+        response: WerkzeugResponse = self._app.response_class(body, mimetype=self.mimetype)  # type: ignore[arg-type]
         record_stage("serialise", time.perf_counter() - started)
         return response
 
     def dumps(self, obj: Any, **kwargs: Any) -> str:
-        """Serialise ``obj``; NaN and infinity raise instead of producing invalid JSON."""
-        kwargs.setdefault("allow_nan", False)
-        return super().dumps(obj, **kwargs)
+        """Serialise ``obj``; with formatting options (``indent``), the standard library does,
+        raising on NaN and infinity."""
+        if kwargs:
+            kwargs.setdefault("allow_nan", False)
+            return super().dumps(obj, **kwargs)
+        return self._dump_bytes(obj).decode()
+
+    def _dump_bytes(self, obj: Any) -> bytes:
+        return orjson.dumps(obj, default=self.default, option=self.options)
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         """Parse JSON text.
 
+        Valid JSON takes orjson's fast path. Anything orjson refuses is parsed again by the
+        standard library, which accepts ``NaN``, ``Infinity`` and numbers beyond float64 (so
+        that the row checks can name the row and feature at fault) and words its errors.
+
         :raises json.JSONDecodeError: malformed text, or nesting deeper than the
             interpreter's recursion limit.
         """
+        if not kwargs:
+            try:
+                return orjson.loads(s)
+            except orjson.JSONDecodeError:
+                pass
         try:
             return super().loads(s, **kwargs)
         except RecursionError:
