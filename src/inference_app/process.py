@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -16,10 +17,33 @@ from inference_app.http.api import EXTENSION, Services
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
+def available_cpus(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """Return the CPUs this process may use: its affinity, capped by a cgroup CPU quota
+    (v2 ``cpu.max``, or v1 ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), at least 1."""
+    cpus = len(os.sched_getaffinity(0))
+    root = Path(cgroup_root)
+    candidates = [(root / "cpu.max", None)] + [
+        (root / folder / "cpu.cfs_quota_us", root / folder / "cpu.cfs_period_us")
+        for folder in ("cpu", "cpu,cpuacct")
+    ]
+    for quota_file, period_file in candidates:
+        try:
+            if period_file is None:
+                quota, period = quota_file.read_text().split()[:2]
+            else:
+                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            cpus = min(cpus, int(quota) // int(period))
+        break
+    return max(1, cpus)
+
+
 def cpu_share(workers: int) -> int:
-    """Return the CPUs one of ``workers`` processes may use: its share of this process's CPU
-    affinity, at least 1."""
-    return max(1, len(os.sched_getaffinity(0)) // max(1, workers))
+    """Return the CPUs one of ``workers`` processes may use: its share of
+    :func:`available_cpus`, at least 1."""
+    return max(1, available_cpus() // max(1, workers))
 
 
 def cap_threads(threads: int) -> None:
