@@ -45,10 +45,15 @@ def create_app(
     )
     registry.load()
     config.check_default_model(app, registry.models)
+    batching = app.config["BATCHING"]
     runtime = Runtime(
         registry,
         max_rows=app.config["MAX_ROWS"],
         unknown_features=app.config["UNKNOWN_FEATURES"],
+        batching=batching if type(batching) is bool else config.string_list(batching),
+        max_batch_size=app.config["MAX_BATCH_SIZE"],
+        max_batch_latency=app.config["MAX_BATCH_LATENCY_MS"] / 1000,
+        on_batch=metrics.record_batch,
     )
     metrics.record_loads(registry)
     if app.config["WARM_UP"] == "on_load":

@@ -28,6 +28,11 @@ DEFAULTS: dict[str, Any] = {
     # When models run their first prediction: "on_load" in create_app, or "post_fork" in a
     # Gunicorn hook, so that a preloading master never runs inference (gunicorn.conf.py).
     "WARM_UP": "on_load",
+    # Merge concurrent requests into one estimator call (threaded workers): true, false, or
+    # a list of model names. Up to MAX_BATCH_SIZE rows, waiting up to MAX_BATCH_LATENCY_MS.
+    "BATCHING": False,
+    "MAX_BATCH_SIZE": 256,
+    "MAX_BATCH_LATENCY_MS": 2.0,
     # Refuse bundles saved with another scikit-learn version (else: served, with a warning).
     "STRICT_SKLEARN_VERSION": False,
     # API keys: a list, or a comma-separated string; with none, the API is open.
@@ -107,6 +112,15 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a non-negative integer (0: no cap)",
     ),
     "MAX_JSON_DEPTH": (_positive_int, "a positive integer"),
+    "BATCHING": (
+        lambda value: type(value) is bool or _strings(value),
+        "true, false, or a list of model names",
+    ),
+    "MAX_BATCH_SIZE": (_positive_int, "a positive integer"),
+    "MAX_BATCH_LATENCY_MS": (
+        lambda value: type(value) in (int, float) and 0 <= value <= 1000,
+        "a number of milliseconds from 0 to 1000",
+    ),
     "CORS_ORIGINS": (
         lambda value: _strings(value),
         "a list of origins or a comma-separated string",

@@ -76,6 +76,16 @@ MODEL_INFO = Gauge(
     ["model", "version", "sklearn_version", "format"],
     multiprocess_mode="livemax",
 )
+BATCH_REQUESTS = Histogram(
+    "inference_app_batch_requests",
+    "Requests merged into one estimator call, when batching is on.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+BATCH_ROWS = Histogram(
+    "inference_app_batch_rows",
+    "Rows of one merged estimator call, when batching is on.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+)
 RELOADS = Counter(
     "inference_app_model_reloads_total",
     "Model reloads on SIGHUP, by result (success or failure).",
@@ -91,6 +101,12 @@ def collect() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry, path=path)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def record_batch(requests: int, rows: int) -> None:
+    """Observe one merged estimator call of ``requests`` requests and ``rows`` rows."""
+    BATCH_REQUESTS.observe(requests)
+    BATCH_ROWS.observe(rows)
 
 
 def record_loads(registry: Registry) -> None:

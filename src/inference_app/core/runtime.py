@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import sklearn
 
+from inference_app.core.batching import Batcher
 from inference_app.core.bundle import Bundle
 from inference_app.core.errors import (
     BundleError,
@@ -62,14 +63,34 @@ class Runtime:
     :param registry: where the bundles are.
     :param max_rows: the most rows one request may hold.
     :param unknown_features: ``"reject"`` or ``"ignore"`` feature names the model lacks.
+    :param batching: merge concurrent requests (see :mod:`inference_app.core.batching`) for
+        every model (``True``) or for the models named.
+    :param max_batch_size: the most rows one merged estimator call may hold.
+    :param max_batch_latency: the longest a request waits for a running call, in seconds.
+    :param on_batch: told the number of requests and rows of each merged call.
     """
 
     def __init__(
-        self, registry: Registry, *, max_rows: int = 10_000, unknown_features: str = "reject"
+        self,
+        registry: Registry,
+        *,
+        max_rows: int = 10_000,
+        unknown_features: str = "reject",
+        batching: bool | Collection[str] = False,
+        max_batch_size: int = 256,
+        max_batch_latency: float = 0.002,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> None:
         self.registry = registry
         self.max_rows = max_rows
         self.unknown_features = unknown_features
+        self.batching = batching
+        self.batcher = Batcher(
+            self.call,
+            max_rows=max_batch_size,
+            max_latency=max_batch_latency,
+            on_batch=on_batch,
+        )
         # The rows given to estimators fitted on DataFrames are arrays in the order of
         # feature_names_in_, which to_matrix guarantees; scikit-learn's warning that the
         # array carries no names would be noise on every request.
@@ -155,16 +176,27 @@ class Runtime:
         )
 
     def execute(self, bundle: Bundle, method: str, matrix: np.ndarray) -> np.ndarray:
-        """Call ``method`` of the bundle's estimator on checked rows.
+        """Compute ``method``'s outputs for checked rows, batched with concurrent requests
+        when batching is on for the bundle's model.
 
         :param matrix: float64 rows, ``(n_samples, n_features)``, finite unless the
             estimator accepts NaN.
         :returns: the estimator's output, first dimension ``n_samples``.
         """
-        # to_matrix has checked finiteness already; scikit-learn need not check again.
-        # Overflow in the estimator's arithmetic is caught by json_values, not warned about.
+        batching = self.batching
+        if batching is True or (batching and bundle.name in batching):
+            return self.batcher.run(bundle, method, matrix)
+        return self.call(bundle, method, matrix)
+
+    def call(self, bundle: Bundle, method: str, matrix: np.ndarray) -> np.ndarray:
+        """Call ``method`` of the bundle's estimator on checked rows, once."""
+        # Our checks have made the rows finite float64 of the right width: scikit-learn's
+        # own finiteness and parameter validation would only repeat them. Overflow in the
+        # estimator's arithmetic is caught by json_values, not warned about.
         with (
-            sklearn.config_context(assume_finite=not bundle.manifest.allow_nan),
+            sklearn.config_context(
+                assume_finite=not bundle.manifest.allow_nan, skip_parameter_validation=True
+            ),
             np.errstate(all="ignore"),
         ):
             result: np.ndarray = getattr(bundle.estimator, method)(matrix)
@@ -183,7 +215,7 @@ class Runtime:
             matrix = np.array(rows, dtype=np.float64)
             started = time.perf_counter()
             try:
-                self.execute(bundle, "predict", matrix)
+                self.call(bundle, "predict", matrix)
             except Exception as error:  # any failure of a model's own rows makes it unservable
                 raise BundleError(
                     f"model {bundle.name!r} version {bundle.version!r} failed to predict its "

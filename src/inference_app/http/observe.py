@@ -22,6 +22,7 @@ REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 PROBE_PREFIXES = ("/health/", "/v2/health/", "/ping", "/metrics")
 access_log = logging.getLogger(ACCESS_LOGGER)
 
+
 blp = Blueprint("metrics", __name__, description="Prometheus metrics of every worker.")
 
 
