@@ -72,8 +72,11 @@ def test_each_model_has_its_request_schema_and_example(
     _, _, feature_names = load_demo_data(name)
     assert list(record["properties"]) == feature_names
     assert record["required"] == feature_names
-    items = content["schema"]["properties"]["instances"]["items"]
-    assert items == {"$ref": f"#/components/schemas/{name}.Record"}
+    instances = content["schema"]["properties"]["instances"]
+    assert instances["minItems"] == 1 and instances["maxItems"] == 10_000
+    record_ref, values = instances["items"]["oneOf"]
+    assert record_ref == {"$ref": f"#/components/schemas/{name}.Record"}
+    assert values["minItems"] == values["maxItems"] == len(feature_names)
     example = content["example"]
     assert set(example["instances"][0]) == set(feature_names)
     response = client.post(f"/v1/models/{name}:predict", json=example)

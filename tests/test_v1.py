@@ -60,6 +60,12 @@ def test_records_are_reordered_to_the_model_order(client: FlaskClient) -> None:
     assert by_name.get_json()["predictions"] == by_order.get_json()["predictions"] == ["virginica"]
 
 
+def test_rows_may_mix_arrays_and_records(client: FlaskClient) -> None:
+    record = dict(zip(IRIS_NAMES, VIRGINICA, strict=True))
+    response = client.post("/v1/models/iris:predict", json={"instances": [SETOSA, record]})
+    assert response.get_json()["predictions"] == ["setosa", "virginica"]
+
+
 def test_predict_proba_comes_with_class_labels(client: FlaskClient, demo_instance: Path) -> None:
     rows, _, _ = load_demo_data("iris")
     response = client.post(
@@ -270,11 +276,11 @@ MATRIX: list[tuple[str, Any, str, int, str, list[Any] | None]] = [
         ["instances", "1"],
     ),
     (
-        "mixed rows",
-        {"instances": [SETOSA, row()]},
+        "mixed rows, one short",
+        {"instances": [row(), [5.1, 3.5]]},
         "application/json",
         422,
-        "row 1 is an object",
+        "row 1 has 2 values but the model takes 4",
         ["instances", "1"],
     ),
     (

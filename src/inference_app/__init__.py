@@ -69,5 +69,7 @@ def create_app(
     smorest.register_blueprint(v2.blp)
     smorest.register_blueprint(mlflow.blp)
     smorest.register_blueprint(observe.blp)
-    docs.init_app(app, smorest, registry)
+    docs.init_app(
+        app, smorest, registry, app.config["DEFAULT_MODEL"] or next(iter(registry.models), "")
+    )
     return app

@@ -42,8 +42,8 @@ def to_matrix(
 ) -> np.ndarray:
     """Convert rows to a float64 matrix of shape ``(n_samples, n_features)``.
 
-    Rows are either all lists, in the model's feature order, or all objects keyed by
-    feature name, which are reordered to the model's order. The types are checked in one
+    Each row is a list, in the model's feature order, or an object keyed by feature name,
+    reordered to the model's order. The types are checked in one
     pass over all values; numpy then converts and checks finiteness in one pass.
 
     :param instances: the rows, as parsed from JSON.
@@ -56,19 +56,16 @@ def to_matrix(
     """
     check_row_count(len(instances), max_rows)
     shapes = set(map(type, instances))
-    if shapes == {dict}:
-        rows: Sequence[Sequence[Any]] = _rows_from_records(instances, inputs, unknown_features)
-    elif shapes == {list}:
-        rows = _check_lengths(instances, inputs)
+    if shapes == {list}:
+        rows: Sequence[Sequence[Any]] = _check_lengths(instances, inputs)
+    elif shapes <= {list, dict}:
+        rows = _check_lengths(_rows_from_records(instances, inputs, unknown_features), inputs)
     else:
-        first = type(instances[0])
-        if first not in (list, dict):
-            first = list
-        index = next(i for i, row in enumerate(instances) if type(row) is not first)
+        index = next(i for i, row in enumerate(instances) if type(row) not in (list, dict))
         got = JSON_TYPE_NAMES.get(type(instances[index]), "a value")
         raise InvalidInputError(
-            f"row {index} is {got}: send every row as an array of {len(inputs)} values in the "
-            "model's feature order, or every row as an object keyed by feature name",
+            f"row {index} is {got}: send each row as an array of {len(inputs)} values in the "
+            "model's feature order, or as an object keyed by feature name",
             {"instances": {index: [f"Expected an array or an object, got {got}."]}},
         )
     _check_types(rows, inputs, allow_nan)
@@ -97,12 +94,13 @@ def check_row_count(count: int, max_rows: int, field: str = "instances") -> None
 
 
 def _rows_from_records(
-    records: Sequence[dict[str, Any]], inputs: Sequence[Feature], unknown_features: str
+    rows: Sequence[Any], inputs: Sequence[Feature], unknown_features: str
 ) -> list[list[Any]]:
+    """Return the rows with each object row turned into its values in the model's order."""
     names = [feature.name for feature in inputs]
     expected = set(names)
-    for index, record in enumerate(records):
-        if record.keys() == expected:
+    for index, record in enumerate(rows):
+        if type(record) is not dict or record.keys() == expected:
             continue
         missing = [name for name in names if name not in record]
         unknown = [key for key in record if key not in expected]
@@ -122,7 +120,7 @@ def _rows_from_records(
                 f"{_quoted(unknown)}: the model takes {_quoted(names)}",
                 {"instances": {index: {key[:100]: ["Unknown field."] for key in unknown[:10]}}},
             )
-    return [[record[name] for name in names] for record in records]
+    return [[row[name] for name in names] if type(row) is dict else row for row in rows]
 
 
 def _check_lengths(rows: Sequence[list[Any]], inputs: Sequence[Feature]) -> Sequence[list[Any]]:

@@ -129,7 +129,9 @@ class Registry:
         if refused:
             errors: dict[str, list[str]] = {}
             for item in refused:
-                errors.setdefault(item.name, []).append(f"version {item.version}: {item.error}")
+                # Shown by the API: name files relative to the models folder, not the host's.
+                reason = str(item.error).replace(f"{self.models_dir}{os.sep}", "")
+                errors.setdefault(item.name, []).append(f"version {item.version}: {reason}")
             self.load_errors = MappingProxyType(errors)
             lines = [f"{item.path}: {item.error}" for item in refused]
             raise BundleError("refused model bundles:\n  " + "\n  ".join(lines))

@@ -9,11 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import flask_smorest
+import marshmallow as ma
 import orjson
 from flask import Flask, Request, current_app, g
 from flask.json.provider import DefaultJSONProvider
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
+from werkzeug.routing import BaseConverter
 from werkzeug.sansio.response import Response as WerkzeugResponse
 
 from inference_app.core.registry import Registry
@@ -57,6 +60,16 @@ def default_model_name() -> str:
     return configured or next(iter(get_registry().models), "")
 
 
+#: A model name or version in a URL: one path segment, no ``:`` (DESIGN section 3).
+SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"
+
+
+class SegmentConverter(BaseConverter):
+    """Match a model name or version, so that ``iris:predict`` is never taken for a name."""
+
+    regex = SEGMENT
+
+
 def record_stage(stage: str, seconds: float) -> None:
     """Add ``seconds`` to the current request's time in ``stage``.
 
@@ -96,7 +109,10 @@ class JSONProvider(DefaultJSONProvider):
         return self._dump_bytes(obj).decode()
 
     def _dump_bytes(self, obj: Any) -> bytes:
-        return orjson.dumps(obj, default=self.default, option=self.options)
+        try:
+            return orjson.dumps(obj, default=self.default, option=self.options)
+        except orjson.JSONEncodeError:  # e.g. a lone surrogate echoed back in an error
+            return json.dumps(obj, default=self.default, ensure_ascii=True).encode()
 
     def loads(self, s: str | bytes, **kwargs: Any) -> Any:
         """Parse JSON text.
@@ -107,12 +123,15 @@ class JSONProvider(DefaultJSONProvider):
 
         :raises json.JSONDecodeError: malformed text, or nesting deeper than the
             interpreter's recursion limit.
+        :raises UnicodeDecodeError: bytes that are not UTF-8.
         """
         if not kwargs:
             try:
                 return orjson.loads(s)
             except orjson.JSONDecodeError:
                 pass
+        if isinstance(s, bytes):
+            s = s.decode("utf-8")  # strict: JSON is UTF-8 (RFC 8259, section 8.1)
         try:
             return super().loads(s, **kwargs)
         except RecursionError:
@@ -183,13 +202,74 @@ class JSONBodyParser(FlaskParser):
 
 
 class Blueprint(flask_smorest.Blueprint):  # type: ignore[misc]
-    """A flask-smorest blueprint whose JSON bodies go through :class:`JSONBodyParser`."""
+    """A flask-smorest blueprint whose JSON bodies go through :class:`JSONBodyParser`.
+
+    :param error_response: the response component documenting its errors (``"ERROR"``:
+        the native envelope; see :data:`ERROR_RESPONSES`).
+    """
 
     ARGUMENTS_PARSER = JSONBodyParser()
+
+    def __init__(self, *args: Any, error_response: str = "ERROR", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.error_response = error_response
+
+    def _prepare_response_doc(self, doc: Any, doc_info: Any, **kwargs: Any) -> Any:
+        """Document this blueprint's error envelope as every operation's default response."""
+        responses = doc_info.setdefault("response", {}).setdefault("responses", {})
+        responses.setdefault("default", []).append(self.error_response)
+        return super()._prepare_response_doc(doc, doc_info, **kwargs)
+
+    def error(self, *codes: int) -> Any:
+        """Document error responses by status, in this blueprint's envelope."""
+
+        def decorate(view: Any) -> Any:
+            for code in codes:
+                view = self.alt_response(
+                    code,
+                    schema=ERROR_SCHEMAS[self.error_response],
+                    description=HTTP_STATUS_CODES[code],
+                )(view)
+            return view
+
+        return decorate
+
+
+class NativeErrorSchema(ma.Schema):
+    """The native API's error envelope (flask-smorest's)."""
+
+    code = ma.fields.Integer(required=True, metadata={"description": "HTTP status code"})
+    status = ma.fields.String(required=True, metadata={"description": "HTTP status name"})
+    message = ma.fields.String(required=True, metadata={"description": "What to send instead"})
+    errors = ma.fields.Dict(metadata={"description": "Where: row index, then feature name"})
+
+
+class V2ErrorSchema(ma.Schema):
+    """The Open Inference Protocol's error body."""
+
+    error = ma.fields.String(required=True)
+
+
+class MLflowErrorSchema(ma.Schema):
+    """MLflow's scoring-server error body."""
+
+    error_code = ma.fields.String(required=True)
+    message = ma.fields.String(required=True)
+
+
+#: Each protocol's error envelope, by response component name.
+ERROR_SCHEMAS: dict[str, type[ma.Schema]] = {
+    "ERROR": NativeErrorSchema,
+    "V2_ERROR": V2ErrorSchema,
+    "MLFLOW_ERROR": MLflowErrorSchema,
+}
 
 
 class Api(flask_smorest.Api):  # type: ignore[misc]
     """flask-smorest's Api, answering HTTP errors in the dialect of the request's protocol."""
+
+    # Each blueprint documents its own protocol's envelope (Blueprint.error_response).
+    DEFAULT_ERROR_RESPONSE_NAME = None
 
     def handle_http_exception(self, error: HTTPException) -> tuple[dict[str, Any], int, Any]:
         """Answer any HTTP error; see :func:`inference_app.http.errors.handle_http_exception`."""
@@ -199,6 +279,15 @@ class Api(flask_smorest.Api):  # type: ignore[misc]
 def init_app(app: Flask) -> Api:
     """Create the Api over ``app``, with JSON and error handling in place."""
     app.json = JSONProvider(app)
+    app.url_map.converters["segment"] = SegmentConverter
     api = Api(app)
+    api.register_converter(
+        SegmentConverter, lambda converter: {"type": "string", "pattern": SEGMENT}
+    )
+    for name, schema in ERROR_SCHEMAS.items():
+        api.spec.components.response(
+            name,
+            {"description": "Error", "content": {"application/json": {"schema": schema}}},
+        )
     errors.init_app(app)
     return api

@@ -25,9 +25,22 @@ blp = Blueprint(
 )
 
 
-def init_app(app: Flask, api: Api, registry: Registry) -> None:
-    """Serve Swagger UI's files and document a predict operation for each loaded model."""
+def init_app(app: Flask, api: Api, registry: Registry, default_model: str) -> None:
+    """Serve Swagger UI's files and document a predict operation for each loaded model.
+
+    :param default_model: the model ``POST /predict`` uses, whose row it documents exactly.
+    """
     app.register_blueprint(blp)
+    max_rows = app.config["MAX_ROWS"]
+    schemas = api.spec.components.schemas
+    # marshmallow cannot say "one of these two fields"; JSON Schema can.
+    schemas["PredictRequest"]["oneOf"] = [{"required": ["instances"]}, {"required": ["inputs"]}]
+    for field in ("instances", "inputs"):
+        schemas["PredictRequest"]["properties"][field]["maxItems"] = max_rows
+    schemas["InvocationsRequest"]["oneOf"] = [
+        {"required": [field]}
+        for field in ("dataframe_split", "dataframe_records", "instances", "inputs")
+    ]
     api.spec.tag(
         {
             "name": TAG,
@@ -36,12 +49,36 @@ def init_app(app: Flask, api: Api, registry: Registry) -> None:
         }
     )
     for model in registry.models.values():
-        _document_model(api, model.default)
+        _document_model(api, model.default, max_rows)
+    if default_model in registry.models:
+        row = _row_schema(registry.model(default_model).default)
+        schemas["SinglePredictRequest"]["properties"]["instance"] = {
+            **schemas["SinglePredictRequest"]["properties"]["instance"],
+            "oneOf": row["oneOf"],
+        }
 
 
-def _document_model(api: Api, bundle: Bundle) -> None:
+def _record_name(bundle: Bundle) -> str:
+    return f"{bundle.name}.Record"
+
+
+def _row_schema(bundle: Bundle) -> dict[str, Any]:
+    """Return the schema of one row: a record of the model's features, or their values."""
     manifest = bundle.manifest
-    record = f"{bundle.name}.Record"
+    width = len(manifest.inputs)
+    values = {
+        "type": "array",
+        "description": "The values in the model's feature order.",
+        "items": {"type": "number", "nullable": True} if manifest.allow_nan else {"type": "number"},
+        "minItems": width,
+        "maxItems": width,
+    }
+    return {"oneOf": [{"$ref": f"#/components/schemas/{_record_name(bundle)}"}, values]}
+
+
+def _document_model(api: Api, bundle: Bundle, max_rows: int) -> None:
+    manifest = bundle.manifest
+    record = _record_name(bundle)
     api.spec.components.schema(
         record,
         {
@@ -79,7 +116,12 @@ def _document_model(api: Api, bundle: Bundle) -> None:
                                 "required": ["instances"],
                                 "additionalProperties": False,
                                 "properties": {
-                                    "instances": {"type": "array", "items": record},
+                                    "instances": {
+                                        "type": "array",
+                                        "items": _row_schema(bundle),
+                                        "minItems": 1,
+                                        "maxItems": max_rows,
+                                    },
                                     "method": {
                                         "type": "string",
                                         "enum": list(manifest.methods),
@@ -96,10 +138,13 @@ def _document_model(api: Api, bundle: Bundle) -> None:
                         "description": "One prediction per row",
                         "content": {"application/json": {"schema": "PredictResponse"}},
                     },
-                    "404": "NOT_FOUND",
-                    "415": "UNSUPPORTED_MEDIA_TYPE",
-                    "422": "UNPROCESSABLE_ENTITY",
-                    "503": "SERVICE_UNAVAILABLE",
+                    "400": "ERROR",
+                    "404": "ERROR",
+                    "413": "ERROR",
+                    "415": "ERROR",
+                    "422": "ERROR",
+                    "503": "ERROR",
+                    "default": "ERROR",
                 },
             }
         },

@@ -22,6 +22,7 @@ class Live(MethodView):
     """Liveness."""
 
     @blp.response(200, HealthResponseSchema)
+    @blp.doc(security=[])
     def get(self) -> dict[str, Any]:
         """Say the process is up
 
@@ -36,6 +37,7 @@ class Ready(MethodView):
 
     @blp.response(200, HealthResponseSchema)
     @blp.alt_response(503, schema=HealthResponseSchema, description="Not ready, with the reason")
+    @blp.doc(security=[])
     def get(self) -> tuple[dict[str, Any], int]:
         """Say whether every model is loaded and warmed up
 

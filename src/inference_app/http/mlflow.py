@@ -28,7 +28,7 @@ from inference_app.http.api import (
     get_runtime,
     load_json,
 )
-from inference_app.http.schemas import Array
+from inference_app.http.schemas import ROW_SCHEMA, Array, Rows
 
 #: The request header naming the model to use; without it, the default model answers.
 MODEL_HEADER = "X-Model-Name"
@@ -52,10 +52,21 @@ class InvocationsRequestSchema(Schema):
     """An MLflow 2 scoring request: exactly one input field, optional ``params``."""
 
     dataframe_split = fields.Nested(DataFrameSplitSchema)
-    dataframe_records = Array(metadata={"description": "`DataFrame.to_json(orient='records')`"})
-    instances = Array(metadata={"description": "Rows: arrays or objects"})
+    dataframe_records = Rows(
+        metadata={
+            "description": "`DataFrame.to_json(orient='records')`",
+            "items": {"type": "object"},
+        }
+    )
+    instances = Rows(metadata={"description": "Rows: arrays or objects"})
     inputs = fields.Raw(
-        metadata={"description": "Rows (an array), or columns (an object of arrays)"}
+        metadata={
+            "description": "Rows (an array), or columns (an object of arrays)",
+            "oneOf": [
+                {"type": "array", "items": ROW_SCHEMA, "minItems": 1},
+                {"type": "object", "additionalProperties": {"type": "array", "minItems": 1}},
+            ],
+        }
     )
     params = fields.Dict(metadata={"description": "Accepted; scikit-learn models take none."})
 
@@ -79,6 +90,7 @@ blp = Blueprint(
     "mlflow",
     __name__,
     description="MLflow's scoring server and SageMaker's container contract.",
+    error_response="MLFLOW_ERROR",
 )
 
 _REQUEST_BODY = {
@@ -111,8 +123,8 @@ _REQUEST_BODY = {
 class Ping(MethodView):
     """SageMaker's health check."""
 
-    @blp.doc(responses={"200": {"description": "Every model is ready"}})
-    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    @blp.doc(responses={"200": {"description": "Every model is ready"}}, security=[])
+    @blp.error(503)
     def get(self) -> Response:
         """Say whether the server is ready"""
         ready, reason = get_registry().readiness()
@@ -147,10 +159,7 @@ class Invocations(MethodView):
         ],
     )
     @blp.response(200, InvocationsResponseSchema)
-    @blp.alt_response(400, response="BAD_REQUEST")
-    @blp.alt_response(404, response="NOT_FOUND")
-    @blp.alt_response(415, response="UNSUPPORTED_MEDIA_TYPE")
-    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    @blp.error(400, 404, 415, 503)
     def post(self) -> dict[str, Any]:
         """Predict, as MLflow's scoring server does
 

@@ -36,7 +36,8 @@ class Metrics(MethodView):
                 "description": "Prometheus text exposition format, merged over all workers",
                 "content": {"text/plain": {"schema": {"type": "string"}}},
             }
-        }
+        },
+        security=[],
     )
     def get(self) -> Response:
         """Expose the metrics of every worker"""

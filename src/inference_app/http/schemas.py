@@ -8,12 +8,23 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from inference_app.core.bundle import METHODS
 
+#: The JSON schema of one row of an unnamed model: an array of values or an object.
+ROW_SCHEMA = {"oneOf": [{"type": "array", "items": {"type": "number"}}, {"type": "object"}]}
+
 
 class Array(fields.Raw):
     """A JSON array passed through untouched; its rows are checked by the core in one pass."""
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs["metadata"] = {"type": "array", "items": {}, **kwargs.get("metadata", {})}
+        super().__init__(**kwargs)
+
+
+class Rows(Array):
+    """A JSON array of rows, at least one."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs["metadata"] = {"items": ROW_SCHEMA, "minItems": 1, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
@@ -26,10 +37,7 @@ class Row(fields.Raw):
     """One row: an array in the model's feature order or an object keyed by feature name."""
 
     def __init__(self, **kwargs: Any) -> None:
-        kwargs["metadata"] = {
-            "oneOf": [{"type": "array", "items": {}}, {"type": "object"}],
-            **kwargs.get("metadata", {}),
-        }
+        kwargs["metadata"] = {**ROW_SCHEMA, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
@@ -57,14 +65,14 @@ class PredictRequestSchema(Schema):
     ``instances``.
     """
 
-    instances = Array(
+    instances = Rows(
         metadata={
             "description": "Rows, shape (n_samples, n_features): arrays in the model's feature "
             "order, or objects keyed by feature name. Required, unless `inputs` is sent.",
             "example": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]],
         },
     )
-    inputs = Array(metadata={"description": "KServe V1's name for `instances`."})
+    inputs = Rows(metadata={"description": "KServe V1's name for `instances`."})
     method = _method()
 
     @validates_schema

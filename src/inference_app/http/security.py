@@ -110,6 +110,19 @@ def _authenticate() -> None:
         )
 
 
+def _refuse_oversized_stream() -> None:
+    """Answer 413 to a body without Content-Length (chunked) that passes the size limit.
+
+    Werkzeug stops reading such a body at ``MAX_CONTENT_LENGTH`` without an error; a body
+    cut there must not be taken for the whole of it.
+    """
+    if request.content_length is not None or request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if len(request.get_data(cache=True)) >= limit and request.environ["wsgi.input"].read(1):
+        abort(413, message=f"The body is larger than {limit} bytes: send fewer rows per request.")
+
+
 def _enter() -> None:
     semaphore = _guard().semaphore
     if semaphore is None or request.path.startswith(OPEN_PREFIXES):
@@ -166,6 +179,7 @@ def init_app(app: Flask, api: Any) -> None:
     digests = key_digests(app.config["API_KEYS"], app.config["API_KEYS_FILE"], app.instance_path)
     app.extensions[EXTENSION] = Guard(digests, app.config["MAX_CONCURRENT_REQUESTS"])
     app.before_request(_authenticate)
+    app.before_request(_refuse_oversized_stream)
     app.before_request(_enter)
     app.teardown_request(_leave)
     app.after_request(_headers)

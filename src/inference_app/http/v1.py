@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from http import HTTPStatus
 from typing import Any
 
 from flask.views import MethodView
@@ -28,17 +26,6 @@ blp = Blueprint(
 )
 
 
-def _document_errors(*codes: int) -> Callable[[Any], Any]:
-    """Document error responses by status, each with the shared error envelope."""
-
-    def decorate(view: Any) -> Any:
-        for code in codes:
-            view = blp.alt_response(code, response=HTTPStatus(code).name)(view)
-        return view
-
-    return decorate
-
-
 @blp.route("/v1/models")
 class Models(MethodView):
     """The models served."""
@@ -53,13 +40,13 @@ class Models(MethodView):
         return {"models": [_summary(name) for name in registry.models]}
 
 
-@blp.route("/v1/models/<name>")
+@blp.route("/v1/models/<segment:name>")
 class ModelDetail(MethodView):
     """One model's metadata, for its default version."""
 
     @blp.response(200, ModelResponseSchema)
     @blp.alt_response(503, schema=ModelResponseSchema, description="Not warmed up yet")
-    @_document_errors(404)
+    @blp.error(404)
     def get(self, name: str) -> tuple[dict[str, Any], int]:
         """Describe a model
 
@@ -70,26 +57,28 @@ class ModelDetail(MethodView):
         return _describe(get_registry().get(name))
 
 
-@blp.route("/v1/models/<name>/versions/<version>")
+@blp.route("/v1/models/<segment:name>/versions/<segment:version>")
 class ModelVersionDetail(MethodView):
     """One model version's metadata."""
 
     @blp.response(200, ModelResponseSchema)
     @blp.alt_response(503, schema=ModelResponseSchema, description="Not warmed up yet")
-    @_document_errors(404)
+    @blp.error(404)
     def get(self, name: str, version: str) -> tuple[dict[str, Any], int]:
         """Describe one version of a model"""
         return _describe(get_registry().get(name, version))
 
 
-@blp.route("/v1/models/<name>/versions/<version>:predict", endpoint="PredictVersion")
-@blp.route("/v1/models/<name>:predict", endpoint="Predict")
+@blp.route(
+    "/v1/models/<segment:name>/versions/<segment:version>:predict", endpoint="PredictVersion"
+)
+@blp.route("/v1/models/<segment:name>:predict", endpoint="Predict")
 class Predict(MethodView):
     """Predictions of a model: its default version, or the one named."""
 
     @blp.arguments(PredictRequestSchema)
     @blp.response(200, PredictResponseSchema)
-    @_document_errors(404, 415, 422, 503)
+    @blp.error(404, 415, 422, 503)
     def post(self, body: dict[str, Any], name: str, version: str | None = None) -> dict[str, Any]:
         """Predict with a model
 
@@ -106,7 +95,7 @@ class PredictOne(MethodView):
 
     @blp.arguments(SinglePredictRequestSchema)
     @blp.response(200, SinglePredictResponseSchema)
-    @_document_errors(404, 415, 422, 503)
+    @blp.error(404, 415, 422, 503)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Predict one row with the default model
 

@@ -77,7 +77,11 @@ class TensorSchema(Schema):
     parameters = fields.Dict()
     data = fields.Raw(
         required=True,
-        metadata={"description": "Row-major elements, flat or nested as the shape says."},
+        metadata={
+            "description": "Row-major elements, flat or nested as the shape says.",
+            "type": "array",
+            "items": {},
+        },
     )
 
 
@@ -102,6 +106,7 @@ class InferRequestSchema(Schema):
     inputs = fields.List(
         fields.Nested(TensorSchema),
         required=True,
+        validate=validate.Length(min=1),
         metadata={
             "example": [
                 {
@@ -179,6 +184,7 @@ blp = Blueprint(
     __name__,
     url_prefix="/v2",
     description="The Open Inference Protocol (KServe V2 REST), for tritonclient.http and KServe.",
+    error_response="V2_ERROR",
 )
 blp.ARGUMENTS_PARSER = InferBodyParser()
 
@@ -202,6 +208,7 @@ class ServerLive(MethodView):
     """Server liveness."""
 
     @blp.response(200, LiveResponseSchema)
+    @blp.doc(security=[])
     def get(self) -> dict[str, Any]:
         """Say the server is live"""
         return {"live": True}
@@ -213,19 +220,20 @@ class ServerReady(MethodView):
 
     @blp.response(200, ReadyResponseSchema)
     @blp.alt_response(503, schema=ReadyResponseSchema, description="Some model is not ready")
+    @blp.doc(security=[])
     def get(self) -> tuple[dict[str, Any], int]:
         """Say whether every model is ready"""
         ready, _ = get_registry().readiness()
         return {"ready": ready}, 200 if ready else 503
 
 
-@blp.route("/models/<name>/versions/<version>", endpoint="ModelVersionMetadata")
-@blp.route("/models/<name>", endpoint="ModelMetadata")
+@blp.route("/models/<segment:name>/versions/<segment:version>", endpoint="ModelVersionMetadata")
+@blp.route("/models/<segment:name>", endpoint="ModelMetadata")
 class ModelMetadata(MethodView):
     """Model metadata."""
 
     @blp.response(200, ModelMetadataResponseSchema)
-    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.error(404)
     def get(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Describe a model's inputs and outputs
 
@@ -250,14 +258,14 @@ class ModelMetadata(MethodView):
         }
 
 
-@blp.route("/models/<name>/versions/<version>/ready", endpoint="ModelVersionReady")
-@blp.route("/models/<name>/ready", endpoint="ModelReady")
+@blp.route("/models/<segment:name>/versions/<segment:version>/ready", endpoint="ModelVersionReady")
+@blp.route("/models/<segment:name>/ready", endpoint="ModelReady")
 class ModelReady(MethodView):
     """Model readiness."""
 
     @blp.response(200, ReadyResponseSchema)
     @blp.alt_response(503, schema=ReadyResponseSchema, description="Warming up")
-    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.error(404)
     def get(self, name: str, version: str | None = None) -> tuple[dict[str, Any], int]:
         """Say whether a model is ready"""
         registry = get_registry()
@@ -265,16 +273,14 @@ class ModelReady(MethodView):
         return {"name": name, "ready": ready}, 200 if ready else 503
 
 
-@blp.route("/models/<name>/versions/<version>/infer", endpoint="ModelVersionInfer")
-@blp.route("/models/<name>/infer", endpoint="ModelInfer")
+@blp.route("/models/<segment:name>/versions/<segment:version>/infer", endpoint="ModelVersionInfer")
+@blp.route("/models/<segment:name>/infer", endpoint="ModelInfer")
 class ModelInfer(MethodView):
     """Inference."""
 
     @blp.arguments(InferRequestSchema, error_status_code=400)
     @blp.response(200, InferResponseSchema)
-    @blp.alt_response(400, response="BAD_REQUEST")
-    @blp.alt_response(404, response="NOT_FOUND")
-    @blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+    @blp.error(400, 404, 503)
     def post(self, body: dict[str, Any], name: str, version: str | None = None) -> dict[str, Any]:
         """Infer
 
