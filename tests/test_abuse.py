@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import select
 import shutil
 import socket
@@ -51,19 +52,12 @@ SCHEMATHESIS_EXAMPLES = 10
 SCHEMATHESIS_SEED = "20261122"
 SCHEMATHESIS_TIMEOUT = 150.0
 #: What schemathesis finds wrong with the product today, by failure code, and the fix.
-KNOWN_FAILURES = {
-    "ST108": "BUG: the V2 and MLflow operations document the native error schema "
-    "({code, status, message, errors}) for their 4xx answers, which are {error} and "
-    "{error_code, message}. Fix: V2 and MLflow error schemas in their alt_response(...).",
-    "ST202": "BUG: the documented request schemas accept bodies the server refuses: "
-    "`instances` (native, MLflow) and V2 `inputs` may be empty (no minItems: 1, nor "
-    "maxItems: MAX_ROWS), native `instances` and `inputs` may both be sent (no oneOf), and "
-    "the generic routes' rows are `items: {}`. Fix: state those limits in the schemas.",
-    "ST205": "BUG: /v1/models/<name> also matches `<name>:predict`, so OPTIONS on a predict "
-    "route advertises GET. Fix: a URL converter for names excluding ':'.",
-    "ST401": "BUG: the document's global `security` covers the probes and /metrics, which "
-    "answer without a key. Fix: `security: []` on those operations.",
-}
+#: Failures schemathesis may report that are not bugs. ST202 ("schema-valid request
+#: rejected"): the generic routes (`{name}` in the path) take rows of any model, whose width
+#: and feature names OpenAPI cannot tie to the path parameter; the per-model operations
+#: (`/v1/models/iris:predict`, ...) state them exactly. Values the schema allows can also make
+#: a model's output overflow (422, "not a finite number") or exceed float32 for a tree (422).
+KNOWN_FAILURES = {"ST202"}
 
 
 @pytest.fixture(scope="module")
@@ -298,17 +292,18 @@ def test_schemathesis_finds_no_failure_but_the_known_ones(
     assert unexpected == {}, schemathesis_run["output"][-20000:]
 
 
-@pytest.mark.parametrize(
-    "code",
-    [
-        pytest.param(code, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=why))
-        for code, why in KNOWN_FAILURES.items()
-    ],
-)
-def test_schemathesis_finds_no_known_failure(schemathesis_run: dict[str, Any], code: str) -> None:
-    failing = [f["operations"] for f in schemathesis_run["failures"] if f["code"] == code]
-
-    assert failing == [], schemathesis_run["output"][-20000:]
+def test_schemathesis_refusals_of_valid_requests_are_only_model_specific(
+    schemathesis_run: dict[str, Any],
+) -> None:
+    output = schemathesis_run["output"]
+    per_model = re.compile(r"^_+ POST /v1/models/[a-z_]+:predict _+$", re.M)
+    for section in re.split(r"\n(?=_{5,} )", output):
+        if "ST202" not in section or not per_model.match(section.strip()):
+            continue
+        # On a model's own operation, only values beyond what the model can compute.
+        assert "not a finite number" in section or "cannot predict these rows" in section, section[
+            :3000
+        ]
 
 
 # Size limits

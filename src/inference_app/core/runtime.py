@@ -16,6 +16,7 @@ from inference_app.core.batching import Batcher
 from inference_app.core.bundle import Bundle
 from inference_app.core.errors import (
     BundleError,
+    InvalidInputError,
     InvalidOutputError,
     MethodNotAvailableError,
     ModelNotReadyError,
@@ -189,7 +190,11 @@ class Runtime:
         return self.call(bundle, method, matrix)
 
     def call(self, bundle: Bundle, method: str, matrix: np.ndarray) -> np.ndarray:
-        """Call ``method`` of the bundle's estimator on checked rows, once."""
+        """Call ``method`` of the bundle's estimator on checked rows, once.
+
+        :raises InvalidInputError: the estimator refuses the rows' values (a ``ValueError``:
+            for example a value beyond float32 for a tree, or a category it never saw).
+        """
         # Our checks have made the rows finite float64 of the right width: scikit-learn's
         # own finiteness and parameter validation would only repeat them. Overflow in the
         # estimator's arithmetic is caught by json_values, not warned about.
@@ -199,7 +204,13 @@ class Runtime:
             ),
             np.errstate(all="ignore"),
         ):
-            result: np.ndarray = getattr(bundle.estimator, method)(matrix)
+            try:
+                result: np.ndarray = getattr(bundle.estimator, method)(matrix)
+            except ValueError as error:
+                raise InvalidInputError(
+                    f"the model cannot predict these rows: {error}",
+                    {"instances": [str(error)[:200]]},
+                ) from None
         return result
 
     def warm_up(self) -> None:

@@ -19,6 +19,11 @@ class Array(fields.Raw):
         kwargs["metadata"] = {"type": "array", "items": {}, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
 
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if type(value) is not list:
+            raise ValidationError("Expected an array.")
+        return value
+
 
 class Rows(Array):
     """A JSON array of rows, at least one."""
@@ -26,11 +31,6 @@ class Rows(Array):
     def __init__(self, **kwargs: Any) -> None:
         kwargs["metadata"] = {"items": ROW_SCHEMA, "minItems": 1, **kwargs.get("metadata", {})}
         super().__init__(**kwargs)
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
-        if type(value) is not list:
-            raise ValidationError("Expected an array.")
-        return value
 
 
 class Row(fields.Raw):
