@@ -54,6 +54,7 @@ def create_app(
         max_batch_size=app.config["MAX_BATCH_SIZE"],
         max_batch_latency=app.config["MAX_BATCH_LATENCY_MS"] / 1000,
         on_batch=metrics.record_batch,
+        engine=app.config["RUNTIME"],
     )
     metrics.record_loads(registry)
     if app.config["WARM_UP"] == "on_load":

@@ -85,6 +85,11 @@ def init_demo(instance_path: Path, force: bool) -> None:
     show_default=True,
     help="skops: the server loads only the types listed now, for your review.",
 )
+@click.option(
+    "--onnx",
+    is_flag=True,
+    help="Also store an ONNX conversion, checked on the sample (needs the onnx extra).",
+)
 @instance_option
 def package(
     estimator_file: Path,
@@ -93,6 +98,7 @@ def package(
     sample: Path,
     force: bool,
     bundle_format: str,
+    onnx: bool,
     instance_path: Path,
 ) -> None:
     """Write a bundle from a fitted estimator file (joblib) and a CSV sample of its data.
@@ -116,10 +122,15 @@ def package(
             feature_names=names,
             overwrite=force,
             format=bundle_format,
+            onnx=onnx,
         )
     except BundleError as error:
         raise click.ClickException(str(error)) from None
     click.echo(f"wrote {bundle.name} version {bundle.version} to {bundle.path}")
+    if bundle.onnx is not None:
+        click.echo(f"with an ONNX model ({bundle.onnx.input_dtype} input), checked on the sample")
+    for warning in bundle.warnings:
+        click.echo(f"warning: {warning}")
     if bundle.manifest.trusted_types:
         click.echo("the server will load these types beyond skops' defaults; review them:")
         for trusted in bundle.manifest.trusted_types:

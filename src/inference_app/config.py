@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "BATCHING": False,
     "MAX_BATCH_SIZE": 256,
     "MAX_BATCH_LATENCY_MS": 2.0,
+    # What runs estimators: "auto" (a bundle's ONNX model when it has one and onnxruntime is
+    # installed), "sklearn", or "onnx" (every bundle must have one).
+    "RUNTIME": "auto",
     # Refuse bundles saved with another scikit-learn version (else: served, with a warning).
     "STRICT_SKLEARN_VERSION": False,
     # API keys: a list, or a comma-separated string; with none, the API is open.
@@ -117,6 +120,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "true, false, or a list of model names",
     ),
     "MAX_BATCH_SIZE": (_positive_int, "a positive integer"),
+    "RUNTIME": (lambda value: value in ("auto", "sklearn", "onnx"), "'auto', 'sklearn' or 'onnx'"),
     "MAX_BATCH_LATENCY_MS": (
         lambda value: type(value) in (int, float) and 0 <= value <= 1000,
         "a number of milliseconds from 0 to 1000",

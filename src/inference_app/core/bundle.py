@@ -26,6 +26,8 @@ from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted
 from skops import io as skops_io
 
+from inference_app.core import compiled
+from inference_app.core.compiled import Conversion
 from inference_app.core.errors import BundleError
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ logger = logging.getLogger(__name__)
 MANIFEST_FILE = "model.json"
 JOBLIB_FILE = "model.joblib"
 SKOPS_FILE = "model.skops"
+ONNX_FILE = "model.onnx"
 #: The estimator file of each bundle format. skops files load only reviewed types.
 FORMAT_FILES = {"joblib": JOBLIB_FILE, "skops": SKOPS_FILE}
 #: The prediction methods the server exposes, in the order it lists them.
@@ -80,6 +83,8 @@ class Manifest:
     allow_nan: bool = False
     reference: Mapping[str, Any] = field(default_factory=dict)
     trusted_types: tuple[str, ...] = ()
+    #: The checked ONNX conversion, if any: ``file``, ``sha256``, ``input_dtype``, ``outputs``.
+    onnx: Mapping[str, Any] | None = None
 
     @property
     def feature_names(self) -> list[str]:
@@ -99,6 +104,7 @@ class Manifest:
         data["classes"] = None if self.classes is None else list(self.classes)
         data["reference"] = dict(self.reference)
         data["trusted_types"] = list(self.trusted_types)
+        data["onnx"] = None if self.onnx is None else dict(self.onnx)
         return data
 
     @classmethod
@@ -126,6 +132,7 @@ class Manifest:
                 allow_nan=bool(data.get("allow_nan", False)),
                 reference=dict(data.get("reference") or {}),
                 trusted_types=tuple(map(str, data.get("trusted_types") or ())),
+                onnx=data.get("onnx"),
             )
         except (KeyError, TypeError) as error:
             raise BundleError(f"{MANIFEST_FILE} lacks or mistypes a field: {error}") from None
@@ -143,12 +150,17 @@ class Manifest:
 
 @dataclass(frozen=True)
 class Bundle:
-    """A loaded, verified model: its manifest, the fitted estimator and where it came from."""
+    """A loaded, verified model: its manifest, the fitted estimator and where it came from.
+
+    :param onnx: the checked ONNX conversion, when the bundle has one (sessions are made
+        per process by the runtime).
+    """
 
     manifest: Manifest
     estimator: Any
     path: Path
     warnings: tuple[str, ...] = ()
+    onnx: Conversion | None = None
 
     @property
     def name(self) -> str:
@@ -189,6 +201,7 @@ def write_bundle(
     feature_names: Sequence[str] | None = None,
     overwrite: bool = False,
     format: str = "joblib",
+    onnx: bool = False,
 ) -> Bundle:
     """Write a bundle from a fitted estimator and a sample of its training data.
 
@@ -209,6 +222,9 @@ def write_bundle(
     :param format: ``"joblib"`` (a pickle: loading it runs code) or ``"skops"`` (loads only
         the types skops trusts plus those recorded here as reviewed, the output of
         ``skops.io.get_untrusted_types`` at packaging time, in ``trusted_types``).
+    :param onnx: also store a conversion to ONNX (``model.onnx``), kept only if its outputs
+        on the sample match scikit-learn's (:mod:`inference_app.core.compiled`); when it
+        cannot be made, the bundle is written without it and its warnings say why.
     :returns: the bundle as the server will load it.
     :raises BundleError: a bad name or version, an estimator without ``predict`` or not
         fitted, a sample that does not fit it, a non-numeric feature, or an existing bundle
@@ -236,10 +252,28 @@ def write_bundle(
         payload = io.BytesIO()
         joblib.dump(estimator, payload)
         data = payload.getvalue()
+    conversion: Conversion | None = None
+    notes: tuple[str, ...] = ()
+    if onnx:
+        try:
+            conversion = compiled.convert(
+                estimator, matrix, _describe_estimator(estimator)["methods"]
+            )
+        except BundleError as error:
+            notes = (f"no ONNX runtime for {name} {version}, scikit-learn serves it: {error}",)
+            logger.warning(notes[0])
     manifest = Manifest(
         name=name,
         version=version,
         inputs=inputs,
+        onnx=None
+        if conversion is None
+        else {
+            "file": ONNX_FILE,
+            "sha256": sha256_of(conversion.model),
+            "input_dtype": conversion.input_dtype,
+            "outputs": conversion.outputs,
+        },
         format=format,
         file=FORMAT_FILES[format],
         sha256=sha256_of(data),
@@ -251,9 +285,13 @@ def write_bundle(
     )
     target.mkdir(parents=True, exist_ok=True)
     _write_atomically(target / manifest.file, data)
+    if conversion is not None:
+        _write_atomically(target / ONNX_FILE, conversion.model)
     text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
     _write_atomically(target / MANIFEST_FILE, text.encode())
-    return Bundle(manifest=manifest, estimator=estimator, path=target)
+    return Bundle(
+        manifest=manifest, estimator=estimator, path=target, warnings=notes, onnx=conversion
+    )
 
 
 def load_bundle(path: str | os.PathLike[str], *, strict_sklearn_version: bool = False) -> Bundle:
@@ -282,7 +320,13 @@ def load_bundle(path: str | os.PathLike[str], *, strict_sklearn_version: bool = 
         estimator, notes = _deserialise(label, data, manifest.format, manifest.trusted_types)
         _check_consistent(manifest, estimator, folder)
         notes += _check_sklearn_version(label, manifest.sklearn_version, strict_sklearn_version)
-        return Bundle(manifest=manifest, estimator=estimator, path=folder, warnings=notes)
+        return Bundle(
+            manifest=manifest,
+            estimator=estimator,
+            path=folder,
+            warnings=notes,
+            onnx=_read_onnx(folder, manifest),
+        )
     bare = next(
         (folder / file for file in FORMAT_FILES.values() if (folder / file).is_file()), None
     )
@@ -299,6 +343,21 @@ def load_bundle(path: str | os.PathLike[str], *, strict_sklearn_version: bool = 
     )
     logger.warning(note)
     return Bundle(manifest=manifest, estimator=estimator, path=folder, warnings=(note, *notes))
+
+
+def _read_onnx(folder: Path, manifest: Manifest) -> Conversion | None:
+    """Read and verify the bundle's ONNX model, if its manifest lists one."""
+    if manifest.onnx is None:
+        return None
+    try:
+        file, digest = str(manifest.onnx["file"]), str(manifest.onnx["sha256"])
+        input_dtype, outputs = str(manifest.onnx["input_dtype"]), dict(manifest.onnx["outputs"])
+    except (KeyError, TypeError, ValueError):
+        raise BundleError(f"{folder}: {MANIFEST_FILE}'s `onnx` lacks a field") from None
+    if file != Path(file).name or file.startswith("."):
+        raise BundleError(f"{folder}: onnx file {file!r} must be a file name in the bundle")
+    data = _read_checked(folder, dataclasses.replace(manifest, file=file, sha256=digest))
+    return Conversion(model=data, input_dtype=input_dtype, outputs=outputs)
 
 
 def _check_sklearn_version(label: str, saved: str | None, strict: bool) -> tuple[str, ...]:

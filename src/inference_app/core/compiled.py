@@ -9,6 +9,7 @@ compare in float32). Sessions are created in each serving process, never before 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,7 +126,7 @@ class CompiledModel:
         ``predict``, ``(n_classes,)`` for ``predict_proba``.
     """
 
-    def __init__(self, conversion: Conversion, shapes: dict[str, tuple[int, ...]]) -> None:
+    def __init__(self, conversion: Conversion, shapes: Mapping[str, tuple[int, ...]]) -> None:
         self.session = session_for(conversion.model)
         self.input = self.session.get_inputs()[0].name
         self.dtype = np.dtype(conversion.input_dtype)

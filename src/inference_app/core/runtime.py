@@ -14,6 +14,8 @@ import sklearn
 
 from inference_app.core.batching import Batcher
 from inference_app.core.bundle import Bundle
+from inference_app.core.compiled import CompiledModel
+from inference_app.core.compiled import available as compiled_available
 from inference_app.core.errors import (
     BundleError,
     InvalidInputError,
@@ -69,6 +71,9 @@ class Runtime:
     :param max_batch_size: the most rows one merged estimator call may hold.
     :param max_batch_latency: the longest a request waits for a running call, in seconds.
     :param on_batch: told the number of requests and rows of each merged call.
+    :param engine: ``"auto"`` (a bundle's ONNX model when it has one and onnxruntime is
+        installed, else scikit-learn), ``"sklearn"``, or ``"onnx"`` (every bundle must have
+        one, and onnxruntime must be installed).
     """
 
     def __init__(
@@ -81,8 +86,12 @@ class Runtime:
         max_batch_size: int = 256,
         max_batch_latency: float = 0.002,
         on_batch: Callable[[int, int], None] | None = None,
+        engine: str = "auto",
     ) -> None:
         self.registry = registry
+        self.engine = engine
+        #: The ONNX sessions of this process, by bundle, made at warm-up.
+        self.compiled: dict[int, CompiledModel] = {}
         self.max_rows = max_rows
         self.unknown_features = unknown_features
         self.batching = batching
@@ -205,6 +214,9 @@ class Runtime:
             np.errstate(all="ignore"),
         ):
             try:
+                compiled = self.compiled.get(id(bundle))
+                if compiled is not None and method in compiled.outputs:
+                    return compiled.run(method, matrix)
                 result: np.ndarray = getattr(bundle.estimator, method)(matrix)
             except ValueError as error:
                 raise InvalidInputError(
@@ -225,6 +237,7 @@ class Runtime:
             rows = bundle.manifest.reference_rows or [[0.0] * len(bundle.manifest.inputs)]
             matrix = np.array(rows, dtype=np.float64)
             started = time.perf_counter()
+            self._compile(bundle)
             try:
                 self.call(bundle, "predict", matrix)
             except Exception as error:  # any failure of a model's own rows makes it unservable
@@ -239,6 +252,25 @@ class Runtime:
                 bundle.version,
                 (time.perf_counter() - started) * 1000,
             )
+
+    def engine_of(self, bundle: Bundle) -> str:
+        """Return ``"onnx"`` or ``"sklearn"``: what answers ``bundle``'s predict here."""
+        return "onnx" if id(bundle) in self.compiled else "sklearn"
+
+    def _compile(self, bundle: Bundle) -> None:
+        """Make this process's ONNX session for ``bundle`` when the engine setting asks."""
+        if self.engine == "sklearn" or id(bundle) in self.compiled:
+            return
+        if bundle.onnx is None or (self.engine == "auto" and not compiled_available()):
+            if self.engine == "onnx":
+                raise BundleError(
+                    f"model {bundle.name!r} version {bundle.version!r} has no ONNX model "
+                    "(RUNTIME is onnx): package it with --onnx"
+                )
+            return
+        classes = bundle.manifest.classes
+        shapes = {"predict": (), "predict_proba": (len(classes),) if classes else ()}
+        self.compiled[id(bundle)] = CompiledModel(bundle.onnx, shapes)
 
 
 def json_values(outputs: np.ndarray) -> list[Any]:

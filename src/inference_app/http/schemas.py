@@ -169,6 +169,9 @@ class ModelResponseSchema(ModelSummarySchema):
     version = fields.String(required=True)
     estimator = fields.String(required=True)
     format = fields.String(required=True)
+    runtime = fields.String(
+        metadata={"description": "What answers in this worker: onnx or sklearn."}
+    )
     inputs = fields.List(fields.Nested(FeatureSchema), required=True)
     classes = Array(allow_none=True)
     methods = fields.List(fields.String(), required=True)

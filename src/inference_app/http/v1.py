@@ -146,6 +146,7 @@ def _describe(bundle: Bundle) -> tuple[dict[str, Any], int]:
         "ready": ready,
         "estimator": manifest.estimator,
         "format": manifest.format,
+        "runtime": get_runtime().engine_of(bundle),
         "inputs": [
             {"name": f.name, "datatype": f.datatype, "min": f.min, "max": f.max}
             for f in manifest.inputs
