@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
@@ -81,15 +83,15 @@ def _finish(response: Response) -> Response:
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     model, version = _known_model()
     status_class = f"{response.status_code // 100}xx"
-    metrics.REQUESTS.labels(kind, route, model, version, status_class).inc()
-    metrics.REQUEST_DURATION.labels(kind, route, model, version).observe(duration)
+    _child(metrics.REQUESTS, kind, route, model, version, status_class).inc()
+    _child(metrics.REQUEST_DURATION, kind, route, model, version).observe(duration)
     if getattr(g, "rows", 0):
-        metrics.ROWS.labels(kind, model, version).inc(g.rows)
+        _child(metrics.ROWS, kind, model, version).inc(g.rows)
     for stage, seconds in g.stages.items():
-        metrics.STAGE_DURATION.labels(kind, stage).observe(seconds)
+        _child(metrics.STAGE_DURATION, kind, stage).observe(seconds)
     if response.status_code >= 400:
         error_kind = getattr(g, "error_kind", None) or str(response.status_code)
-        metrics.ERRORS.labels(kind, error_kind).inc()
+        _child(metrics.ERRORS, kind, error_kind).inc()
     if current_app.config["LOG_PROBES"] or not request.path.startswith(PROBE_PREFIXES):
         access_log.info(
             "%s %s %s",
@@ -113,6 +115,13 @@ def _finish(response: Response) -> Response:
             },
         )
     return response
+
+
+@functools.lru_cache(maxsize=4096)
+def _child(metric: Any, *labels: str) -> Any:
+    """Return the series of ``metric`` with ``labels``, looked up once (labels are bounded:
+    routes, known models, status classes)."""
+    return metric.labels(*labels)
 
 
 def _known_model() -> tuple[str, str]:

@@ -76,7 +76,7 @@ class ModelVersionDetail(MethodView):
 class Predict(MethodView):
     """Predictions of a model: its default version, or the one named."""
 
-    @blp.arguments(PredictRequestSchema)
+    @blp.arguments(PredictRequestSchema())  # one instance: webargs would build one per request
     @blp.response(200, PredictResponseSchema)
     @blp.error(404, 415, 422, 503)
     def post(self, body: dict[str, Any], name: str, version: str | None = None) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class Predict(MethodView):
 class PredictOne(MethodView):
     """The beginner's shape: one row in, one prediction out, default model."""
 
-    @blp.arguments(SinglePredictRequestSchema)
+    @blp.arguments(SinglePredictRequestSchema())
     @blp.response(200, SinglePredictResponseSchema)
     @blp.error(404, 415, 422, 503)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:

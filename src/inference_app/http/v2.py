@@ -278,7 +278,7 @@ class ModelReady(MethodView):
 class ModelInfer(MethodView):
     """Inference."""
 
-    @blp.arguments(InferRequestSchema, error_status_code=400)
+    @blp.arguments(InferRequestSchema(), error_status_code=400)
     @blp.response(200, InferResponseSchema)
     @blp.error(400, 404, 503)
     def post(self, body: dict[str, Any], name: str, version: str | None = None) -> dict[str, Any]:
