@@ -80,7 +80,7 @@ def _finish(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = g.request_id
     duration = time.perf_counter() - g.started
     kind = protocol()
-    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    route = _route(request.url_rule.rule) if request.url_rule is not None else "unmatched"
     model, version = _known_model()
     status_class = f"{response.status_code // 100}xx"
     _child(metrics.REQUESTS, kind, route, model, version, status_class).inc()
@@ -115,6 +115,12 @@ def _finish(response: Response) -> Response:
             },
         )
     return response
+
+
+@functools.lru_cache(maxsize=256)
+def _route(rule: str) -> str:
+    """Return a URL rule without its converters: ``/v1/models/<name>:predict``."""
+    return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"<\1>", rule)
 
 
 @functools.lru_cache(maxsize=4096)
