@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTANCE ?= instance
 
-.PHONY: serve test lint demo clean
+.PHONY: serve test lint demo bench clean
 
 serve: $(VENV)/.installed demo ## Serve the models in instance/models on 127.0.0.1:8000
 	@echo "Starting Gunicorn; API docs will be at http://$${GUNICORN_BIND:-127.0.0.1:8000}/docs"
@@ -21,9 +21,11 @@ test: $(VENV)/.installed-dev ## Run lint, type checks and the test suite
 	$(BIN)/mypy --strict src
 	$(BIN)/pytest
 
-lint: $(VENV)/.installed-dev
+lint: $(VENV)/.installed-dev ## ruff, mypy, bandit, and pip-audit where advisories are reachable
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict src
+	$(BIN)/bandit -q -r src
+	$(BIN)/python scripts/audit.py
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +38,13 @@ $(VENV)/.installed: $(VENV)/bin/python setup.cfg pyproject.toml
 $(VENV)/.installed-dev: $(VENV)/bin/python setup.cfg pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(VENV)/.installed $@
+
+bench: $(VENV)/.installed ## Benchmark against seed Flask/FastAPI apps (bench/README.md)
+	$(BIN)/pip install -r bench/requirements.txt
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		apt-get update && apt-get install -y wrk; \
+	fi
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
