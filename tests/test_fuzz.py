@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,10 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 MLFLOW_INPUT_KEYS = ["dataframe_split", "dataframe_records", "instances", "inputs", "params"]
 #: Bounds of every property test here: the file runs in seconds. No example database: failing
 #: examples are printed, not saved under .hypothesis/ in the working tree.
-FEW = settings(max_examples=60, deadline=None, database=None)
-SOME = settings(max_examples=120, deadline=None, database=None)
+#: In CI the examples are derived from each test's name, so that a run is reproducible.
+DERANDOMIZE = bool(os.environ.get("CI"))
+FEW = settings(max_examples=60, deadline=None, database=None, derandomize=DERANDOMIZE)
+SOME = settings(max_examples=120, deadline=None, database=None, derandomize=DERANDOMIZE)
 
 # Hypothesis' text strategies leave out lone surrogates, whose 500 is pinned down by
 # test_security.py::test_feature_names_with_lone_surrogates_get_a_clean_422.
@@ -252,7 +255,10 @@ def test_any_csv_gets_a_2xx_or_a_documented_4xx(
     body=v2_bodies,
     sizes=st.lists(st.integers(min_value=-1, max_value=40), max_size=4),
     binary=st.binary(max_size=48),
-    header=st.none() | st.integers(min_value=-5, max_value=400).map(str) | st.text(max_size=4),
+    # Header values are single-line text: an HTTP client cannot send a newline in one.
+    header=st.none()
+    | st.integers(min_value=-5, max_value=400).map(str)
+    | st.text(alphabet=st.characters(exclude_characters="\r\n"), max_size=4),
 )
 def test_binary_tensor_bodies_get_a_2xx_or_a_documented_4xx(
     client: FlaskClient, body: dict[str, Any], sizes: list[int], binary: bytes, header: str | None
