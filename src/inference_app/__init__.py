@@ -26,14 +26,13 @@ def create_app(
     :raises inference_app.core.errors.BundleError: a model bundle cannot be loaded.
     """
     # Imported here so that importing the serving core (inference_app.core) loads no Flask.
-    from flask import Flask
 
     from inference_app import config, metrics
     from inference_app.core.registry import Registry
     from inference_app.core.runtime import Runtime
     from inference_app.http import api, docs, health, mlflow, observe, security, v1, v2
 
-    app = Flask(
+    app = api.Server(
         __name__,
         instance_path=str(config.resolve_instance_path(instance_path)),
         instance_relative_config=True,

@@ -25,7 +25,7 @@ def logging_config(log_format: str = "json", level: str = "INFO") -> dict[str, A
     """
     if log_format == "json":
         formatter: dict[str, Any] = {
-            "()": "pythonjsonlogger.json.JsonFormatter",
+            "()": "pythonjsonlogger.orjson.OrjsonFormatter",
             "fmt": JSON_FIELDS,
             "rename_fields": {
                 "asctime": "time",

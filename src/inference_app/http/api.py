@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,15 @@ from inference_app.core.runtime import Runtime
 from inference_app.http import errors
 
 EXTENSION = "inference_app"
+
+
+class Server(Flask):
+    """The Flask app class: no view here is a coroutine, so none is checked for being one
+    (flask-smorest wraps each view in several layers, each checked on every request)."""
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Return ``func`` as it is."""
+        return func
 
 
 @dataclass(frozen=True)

@@ -75,43 +75,48 @@ def _start() -> None:
 
 
 def _finish(response: Response) -> Response:
-    if "started" not in g:  # a request that failed before its first hook
+    context = g._get_current_object()  # one proxy lookup, not one per attribute
+    if "started" not in context:  # a request that failed before its first hook
         return response
-    response.headers[REQUEST_ID_HEADER] = g.request_id
-    duration = time.perf_counter() - g.started
+    req = request._get_current_object()  # type: ignore[attr-defined]
+    response.headers[REQUEST_ID_HEADER] = context.request_id
+    duration = time.perf_counter() - context.started
     kind = protocol()
-    route = _route(request.url_rule.rule) if request.url_rule is not None else "unmatched"
+    route = _route(req.url_rule.rule) if req.url_rule is not None else "unmatched"
     model, version = _known_model()
-    status_class = f"{response.status_code // 100}xx"
-    _child(metrics.REQUESTS, kind, route, model, version, status_class).inc()
+    status = response.status_code
+    stages: dict[str, float] = context.stages
+    rows = getattr(context, "rows", 0)
+    _child(metrics.REQUESTS, kind, route, model, version, f"{status // 100}xx").inc()
     _child(metrics.REQUEST_DURATION, kind, route, model, version).observe(duration)
-    if getattr(g, "rows", 0):
-        _child(metrics.ROWS, kind, model, version).inc(g.rows)
-    for stage, seconds in g.stages.items():
+    if rows:
+        _child(metrics.ROWS, kind, model, version).inc(rows)
+    for stage, seconds in stages.items():
         _child(metrics.STAGE_DURATION, kind, stage).observe(seconds)
-    if response.status_code >= 400:
-        error_kind = getattr(g, "error_kind", None) or str(response.status_code)
+    if status >= 400:
+        error_kind = getattr(context, "error_kind", None) or str(status)
         _child(metrics.ERRORS, kind, error_kind).inc()
-    if current_app.config["LOG_PROBES"] or not request.path.startswith(PROBE_PREFIXES):
+    path = req.path
+    if not path.startswith(PROBE_PREFIXES) or current_app.config["LOG_PROBES"]:
         access_log.info(
             "%s %s %s",
-            request.method,
-            request.path,
-            response.status_code,
+            req.method,
+            path,
+            status,
             extra={
-                "request_id": g.request_id,
-                "method": request.method,
-                "path": request.path,
+                "request_id": context.request_id,
+                "method": req.method,
+                "path": path,
                 "route": route,
                 "protocol": kind,
-                "status": response.status_code,
+                "status": status,
                 "model": model or None,
                 "version": version or None,
-                "rows": getattr(g, "rows", 0),
+                "rows": rows,
                 "duration_ms": round(duration * 1000, 3),
-                "stages_ms": {stage: round(s * 1000, 3) for stage, s in g.stages.items()},
-                "remote_addr": request.remote_addr,
-                "user_agent": request.user_agent.string or None,
+                "stages_ms": {stage: round(s * 1000, 3) for stage, s in stages.items()},
+                "remote_addr": req.remote_addr,
+                "user_agent": req.user_agent.string or None,
             },
         )
     return response
