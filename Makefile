@@ -40,7 +40,7 @@ $(VENV)/.installed-dev: $(VENV)/bin/python setup.cfg pyproject.toml
 	touch $(VENV)/.installed $@
 
 bench: $(VENV)/.installed ## Benchmark against seed Flask/FastAPI apps (bench/README.md)
-	$(BIN)/pip install -r bench/requirements.txt
+	$(BIN)/pip install -e '.[bench]'
 	@if ! command -v wrk >/dev/null 2>&1; then \
 		apt-get update && apt-get install -y wrk; \
 	fi

@@ -56,10 +56,11 @@ def _models_dir(instance_path: Path) -> Path:
 @main.command("init-demo", with_appcontext=False)
 @instance_option
 @click.option("--force", is_flag=True, help="Rewrite demo bundles that exist already.")
-def init_demo(instance_path: Path, force: bool) -> None:
+@click.option("--onnx", is_flag=True, help="Also store ONNX conversions (the onnx extra).")
+def init_demo(instance_path: Path, force: bool, onnx: bool) -> None:
     """Write the iris, breast_cancer and diabetes demo bundles, version 1."""
     models_dir = _models_dir(instance_path)
-    for name, bundle in write_demo_bundles(models_dir, overwrite=force):
+    for name, bundle in write_demo_bundles(models_dir, overwrite=force, onnx=onnx):
         if bundle is None:
             click.echo(f"kept    {name}: a bundle exists (use --force to rewrite it)")
         else:

@@ -41,10 +41,11 @@ def load_demo_data(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
 
 def write_demo_bundles(
-    models_dir: str | os.PathLike[str], *, overwrite: bool = False
+    models_dir: str | os.PathLike[str], *, overwrite: bool = False, onnx: bool = False
 ) -> list[tuple[str, Bundle | None]]:
     """Fit each demo model on its full dataset and write its bundle, version ``1``.
 
+    :param onnx: also store each model's checked ONNX conversion (the ``onnx`` extra).
     :returns: each demo's name with its new bundle, or ``None`` where one existed already
         and ``overwrite`` is false.
     """
@@ -63,6 +64,7 @@ def write_demo_bundles(
             DEMO_VERSION,
             feature_names=names,
             overwrite=overwrite,
+            onnx=onnx,
         )
         written.append((name, bundle))
     return written

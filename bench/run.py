@@ -1,0 +1,1150 @@
+"""Benchmark inference-app against the seed-style Flask and FastAPI apps, and measure memory.
+
+Run it with ``make bench`` (or ``.venv/bin/python bench/run.py`` once the bench requirements
+and wrk are installed). Every server listens on 127.0.0.1 only; every one is stopped at the
+end, also on error or Ctrl-C. See ``bench/README.md`` for what each number means.
+
+    python bench/run.py              throughput matrix, then memory
+    python bench/run.py --memory     memory only (PSS with preload_app on and off)
+    python bench/run.py --no-memory  throughput matrix only
+
+Environment: ``BENCH_REPEATS`` (default 3), ``BENCH_SECONDS`` per measurement (default 5),
+``BENCH_QUICK=1`` for one repeat of 2 seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import multiprocessing
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+WORK = BENCH / "work"
+RESULTS = BENCH / "results"
+BIN = Path(sys.executable).parent
+
+# ---------------------------------------------------------------------------------------------
+# What is measured. Edit here.
+# ---------------------------------------------------------------------------------------------
+
+#: Configurations of this server: a name and the environment it is started with, on top of
+#: ``gunicorn -c gunicorn.conf.py wsgi:app`` (GUNICORN_* and INFERENCE_APP_* settings).
+#: Add a profile to benchmark another configuration: it becomes the server ``app:<name>``.
+#: ``BENCH_BUNDLES=onnx`` serves demo bundles packaged with their ONNX conversions.
+PROFILES: dict[str, dict[str, str]] = {
+    "default": {"GUNICORN_WORKERS": "2"},
+    "onnx": {"GUNICORN_WORKERS": "2", "BENCH_BUNDLES": "onnx"},
+    "best": {
+        "GUNICORN_WORKERS": "2",
+        "GUNICORN_THREADS": "4",
+        "GUNICORN_WORKER_CLASS": "gthread",
+        "INFERENCE_APP_BATCHING": "true",
+        "BENCH_BUNDLES": "onnx",
+    },
+}
+#: The profiles compared for the ONNX target (issue 6, item 4): the same server with the ONNX
+#: runtime and with scikit-learn's. Not measured while PROFILES has no such profile.
+ONNX_PROFILE = "onnx"
+SKLEARN_PROFILE = "default"
+#: The baselines every server is compared with (apps in ``bench/baselines/``).
+BASELINES = ("seed_flask", "seed_fastapi")
+#: Each scenario: the demo model and the rows per request (the dataset's first rows).
+SCENARIOS: dict[str, tuple[str, int]] = {
+    "iris_1": ("iris", 1),
+    "breast_cancer_1": ("breast_cancer", 1),
+    "breast_cancer_100": ("breast_cancer", 100),
+}
+CONNECTIONS = (1, 8, 64)
+#: wrk threads (at most one per connection).
+WRK_THREADS = 2
+#: Processes of the in-process floor: as many as the servers' workers, one per core.
+FLOOR_PROCESSES = int(PROFILES["default"]["GUNICORN_WORKERS"])
+
+#: The memory measurement: a random forest bundle of about this size, served by this many
+#: workers with ``preload_app`` on and off.
+MEMORY_TARGET_MIB = 200
+MEMORY_RANGE_MIB = (150, 250)
+MEMORY_WORKERS = 4
+
+# Bounds of every wait.
+START_TIMEOUT = 60.0
+MEMORY_START_TIMEOUT = 240.0
+STOP_TIMEOUT = 15.0
+REQUEST_TIMEOUT = 30.0
+WRK_LATENCY_TIMEOUT = "10s"
+MAX_FLOOR_CALLS = 10_000_000
+
+MIB = 1024 * 1024
+
+
+class BenchError(RuntimeError):
+    """The benchmark cannot go on: a server did not start, answered wrongly, or wrk failed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how often to measure."""
+
+    repeats: int
+    seconds: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """Read ``BENCH_QUICK``, ``BENCH_REPEATS`` and ``BENCH_SECONDS``."""
+        if environ.get("BENCH_QUICK", "").lower() in ("1", "true", "yes"):
+            return cls(repeats=1, seconds=2)
+        repeats = int(environ.get("BENCH_REPEATS", "3"))
+        seconds = int(environ.get("BENCH_SECONDS", "5"))
+        if repeats < 1 or seconds < 1:
+            raise BenchError("BENCH_REPEATS and BENCH_SECONDS must be at least 1")
+        return cls(repeats=repeats, seconds=seconds)
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server: its command (``{port}`` is replaced), environment on top of a
+    clean one, working folder, predict route (``{model}`` is replaced) and readiness route."""
+
+    name: str
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    cwd: Path
+    route: str
+    ready_path: str | None = None
+
+
+@dataclass
+class Running:
+    """A started server."""
+
+    spec: ServerSpec
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Return the last lines the server wrote."""
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def predict_url(self, model: str) -> str:
+        return self.url + self.spec.route.format(model=model)
+
+
+@dataclass
+class Progress:
+    """Prints one line per measurement with the estimated time left."""
+
+    total: int
+    done: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def step(self, text: str) -> None:
+        self.done += 1
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.done * (self.total - self.done)
+        width = len(str(self.total))
+        print(f"[{self.done:>{width}}/{self.total}] {text}  (~{_duration(left)} left)", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure parts: request bodies, wrk scripts and output, medians and ratios.
+# ---------------------------------------------------------------------------------------------
+
+
+def scenario_rows(model: str, rows: int) -> np.ndarray:
+    """Return the first ``rows`` rows of a demo dataset, shape ``(rows, n_features)``."""
+    from inference_app.demo import load_demo_data
+
+    data, _, _ = load_demo_data(model)
+    return data[:rows]
+
+
+def request_body(rows: np.ndarray) -> str:
+    """Return the JSON body every server takes: ``{"instances": [[...], ...]}``."""
+    return json.dumps({"instances": rows.tolist()}, separators=(",", ":"))
+
+
+def lua_script(body: str) -> str:
+    """Return a wrk script that POSTs ``body`` as JSON on every request."""
+    level = 1
+    while "]" + "=" * level + "]" in body:
+        level += 1
+    quote = "=" * level
+    return (
+        'wrk.method = "POST"\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = [{quote}[{body}]{quote}]\n"
+    )
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
+_TIME = r"([\d.]+)(us|ms|s|m|h)"
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * _UNITS[unit]
+
+
+def parse_wrk(text: str) -> dict[str, Any]:
+    """Parse wrk's ``--latency`` report.
+
+    :returns: ``requests``, ``duration_s``, ``rps``, ``p50_ms``, ``p75_ms``, ``p90_ms``,
+        ``p99_ms``, ``socket_errors`` (connect + read + write + timeout, each also given),
+        ``non_2xx`` (wrk counts statuses above 399) and ``errors`` (their sum).
+    :raises ValueError: the text is not a wrk report.
+    """
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    total = re.search(rf"^\s*(\d+) requests in {_TIME}", text, re.M)
+    if not rps or not total:
+        raise ValueError(f"not a wrk report:\n{text}")
+    result: dict[str, Any] = {
+        "requests": int(total.group(1)),
+        "duration_s": _ms(total.group(2), total.group(3)) / 1e3,
+        "rps": float(rps.group(1)),
+    }
+    for percent, value, unit in re.findall(rf"^\s*(50|75|90|99)%\s+{_TIME}", text, re.M):
+        result[f"p{percent}_ms"] = _ms(value, unit)
+    if "p99_ms" not in result:
+        raise ValueError(f"wrk ran without --latency:\n{text}")
+    sockets = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    kinds = ("connect", "read", "write", "timeout")
+    counts = [int(n) for n in sockets.groups()] if sockets else [0, 0, 0, 0]
+    result.update({f"{kind}_errors": n for kind, n in zip(kinds, counts, strict=True)})
+    result["socket_errors"] = sum(counts)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    result["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+    result["errors"] = result["socket_errors"] + result["non_2xx"]
+    return result
+
+
+def median(values: Iterable[float]) -> float:
+    """Return the median of ``values`` (the mean of the middle two for an even count)."""
+    return float(statistics.median(list(values)))
+
+
+def ratio(value: float | None, reference: float | None) -> float | None:
+    """Return ``value / reference``, or ``None`` when either is missing or the reference 0."""
+    if value is None or not reference:
+        return None
+    return value / reference
+
+
+def summarize(
+    runs: Sequence[Mapping[str, Any]], floors: Sequence[Mapping[str, Any]]
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Reduce repeated measurements to medians, with ratios to each baseline and the floor.
+
+    :param runs: one wrk measurement each: ``server``, ``scenario``, ``connections``,
+        ``rows`` and the fields of :func:`parse_wrk`.
+    :param floors: one floor measurement each: ``scenario``, ``rows_per_s``, ``call_us``.
+    :returns: a row per server, scenario and connection count (in first-seen order), and the
+        floor per scenario: the best of its repeats.
+    """
+    floor: dict[str, dict[str, Any]] = {}
+    for scenario in dict.fromkeys(f["scenario"] for f in floors):
+        mine = [f for f in floors if f["scenario"] == scenario]
+        # Best of the repeats, not the median: other work on the machine only ever slows a
+        # loop down, and the floor is the capacity of the cores.
+        floor[scenario] = {
+            "rows_per_s": max(f["rows_per_s"] for f in mine),
+            "call_us": min(f["call_us"] for f in mine),
+            "rows_per_s_median": median(f["rows_per_s"] for f in mine),
+            "repeats": len(mine),
+        }
+    groups: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["server"], run["scenario"], run["connections"]), []).append(run)
+    rows = []
+    for (server, scenario, connections), mine in groups.items():
+        rps = median(r["rps"] for r in mine)
+        rows.append(
+            {
+                "server": server,
+                "scenario": scenario,
+                "connections": connections,
+                "rows_per_request": mine[0]["rows"],
+                "rps": rps,
+                "rps_min": min(r["rps"] for r in mine),
+                "rps_max": max(r["rps"] for r in mine),
+                "rows_per_s": rps * mine[0]["rows"],
+                "p50_ms": median(r["p50_ms"] for r in mine),
+                "p99_ms": median(r["p99_ms"] for r in mine),
+                "errors": median(r["errors"] for r in mine),
+                "errors_total": sum(r["errors"] for r in mine),
+                "repeats": len(mine),
+            }
+        )
+    by_key = {(r["server"], r["scenario"], r["connections"]): r for r in rows}
+    for row in rows:
+        row["vs"] = {
+            baseline: ratio(
+                row["rps"],
+                by_key.get((baseline, row["scenario"], row["connections"]), {}).get("rps"),
+            )
+            for baseline in BASELINES
+        }
+        row["vs_floor"] = ratio(row["rows_per_s"], floor.get(row["scenario"], {}).get("rows_per_s"))
+    return rows, floor
+
+
+def targets(
+    rows: Sequence[Mapping[str, Any]], memory: Mapping[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Return each of issue 6's targets that this bench measures, per server profile, with its
+    measured value and whether it is met (``None`` where it could not be measured)."""
+    by_key = {(r["server"], r["scenario"], r["connections"]): r for r in rows}
+    found: list[dict[str, Any]] = []
+    for profile in PROFILES:
+        server = f"app:{profile}"
+        iris = by_key.get((server, "iris_1", 8))
+        if iris:
+            for baseline, goal in (("seed_flask", 1.3), ("seed_fastapi", 1.0)):
+                value = iris["vs"][baseline]
+                found.append(
+                    {
+                        "target": f"iris 1 row, 8 conn: >= {goal}x {baseline}",
+                        "server": server,
+                        "value": value,
+                        "met": None if value is None else value >= goal,
+                    }
+                )
+        forest = by_key.get((server, "breast_cancer_1", 64))
+        flask = by_key.get(("seed_flask", "breast_cancer_1", 64))
+        if forest:
+            value = forest["vs"]["seed_flask"]
+            found.append(
+                {
+                    "target": "breast_cancer 1 row, 64 conn: >= 5x seed_flask",
+                    "server": server,
+                    "value": value,
+                    "met": None if value is None else value >= 5,
+                }
+            )
+            if flask:
+                found.append(
+                    {
+                        "target": "breast_cancer 1 row, 64 conn: p99 below seed_flask's "
+                        f"({flask['p99_ms']:.1f} ms)",
+                        "server": server,
+                        "value": forest["p99_ms"],
+                        "met": forest["p99_ms"] < flask["p99_ms"],
+                    }
+                )
+        batches = [
+            r for r in rows if r["server"] == server and r["scenario"] == "breast_cancer_100"
+        ]
+        if batches:
+            best = max(batches, key=lambda r: r["rows_per_s"])
+            value = best["vs_floor"]
+            found.append(
+                {
+                    "target": "breast_cancer 100-row batches: rows/s >= 0.8x in-process floor "
+                    f"(best at {best['connections']} conn)",
+                    "server": server,
+                    "value": value,
+                    "met": None if value is None else value >= 0.8,
+                }
+            )
+    onnx = by_key.get((f"app:{ONNX_PROFILE}", "breast_cancer_1", 1))
+    sklearn_runtime = by_key.get((f"app:{SKLEARN_PROFILE}", "breast_cancer_1", 1))
+    value = ratio(onnx["p50_ms"], sklearn_runtime["p50_ms"]) if onnx and sklearn_runtime else None
+    found.append(
+        {
+            "target": f"ONNX runtime: breast_cancer 1 row p50 <= 0.2x the scikit-learn "
+            f"runtime's (app:{ONNX_PROFILE} / app:{SKLEARN_PROFILE}, 1 conn)",
+            "server": f"app:{ONNX_PROFILE}",
+            "value": value,
+            "met": None if value is None else value <= 0.2,
+        }
+    )
+    preloaded = (memory or {}).get("preload_on")
+    if preloaded:
+        value = preloaded["ratio_total_pss_to_worker_rss"]
+        found.append(
+            {
+                "target": f"preload on, {MEMORY_WORKERS} workers: total PSS <= 1.5x one worker's "
+                "(its RSS)",
+                "server": "app:default",
+                "value": value,
+                "met": value <= 1.5,
+            }
+        )
+    return found
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers
+# ---------------------------------------------------------------------------------------------
+
+
+def server_specs(instance: Path) -> list[ServerSpec]:
+    """Return every server of the matrix: each profile of this server, then the baselines."""
+    models = str(instance / "models")
+    specs = [
+        ServerSpec(
+            name=f"app:{profile}",
+            argv=(str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"),
+            env={
+                "GUNICORN_BIND": "127.0.0.1:{port}",
+                "INFERENCE_APP_INSTANCE_PATH": str(
+                    instance.with_name(f"{instance.name}-onnx")
+                    if env.get("BENCH_BUNDLES") == "onnx"
+                    else instance
+                ),
+                **env,
+            },
+            cwd=REPO,
+            route="/v1/models/{model}:predict",
+            ready_path="/health/ready",
+        )
+        for profile, env in PROFILES.items()
+    ]
+    specs.append(
+        ServerSpec(
+            name="seed_flask",
+            argv=(
+                str(BIN / "gunicorn"),
+                "--workers=2",
+                "--worker-class=sync",
+                "--bind=127.0.0.1:{port}",
+                "seed_flask:app",
+            ),
+            env={"BENCH_MODELS_DIR": models},
+            cwd=BENCH / "baselines",
+            route="/predict/{model}",
+        )
+    )
+    specs.append(
+        ServerSpec(
+            name="seed_fastapi",
+            argv=(
+                str(BIN / "uvicorn"),
+                "seed_fastapi:app",
+                "--host=127.0.0.1",
+                "--port={port}",
+                "--workers=2",
+            ),
+            env={"BENCH_MODELS_DIR": models},
+            cwd=BENCH / "baselines",
+            route="/predict/{model}",
+        )
+    )
+    return specs
+
+
+def free_port() -> int:
+    """Return a TCP port of 127.0.0.1 that is free now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(extra: Mapping[str, str], port: int) -> dict[str, str]:
+    """Return this process's environment without server settings, plus ``extra``."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("GUNICORN_", "INFERENCE_APP_", "UVICORN_", "WEB_CONCURRENCY"))
+        and key not in ("PROMETHEUS_MULTIPROC_DIR", "BENCH_MODELS_DIR")
+    }
+    env.update({key: value.format(port=port) for key, value in extra.items()})
+    return env
+
+
+def start(spec: ServerSpec, logs: Path) -> Running:
+    """Start ``spec`` on a free port of 127.0.0.1 in its own process group."""
+    port = free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"{spec.name.replace(':', '-')}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [arg.format(port=port) for arg in spec.argv],
+            cwd=spec.cwd,
+            env=clean_env(spec.env, port),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Running(spec, process, f"http://127.0.0.1:{port}", log_path)
+
+
+def stop(server: Running) -> None:
+    """Stop the server's whole process group: SIGTERM, then SIGKILL after a bounded wait."""
+    if server.process.poll() is None:
+        try:
+            os.killpg(server.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            server.process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pass
+    try:  # workers left behind by a master that died
+        os.killpg(server.process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    if server.process.poll() is None:
+        server.process.wait(timeout=STOP_TIMEOUT)
+
+
+@contextmanager
+def serving(specs: Sequence[ServerSpec], logs: Path) -> Iterator[list[Running]]:
+    """Start every server in ``specs`` and stop them all on the way out, whatever happens."""
+    running: list[Running] = []
+    try:
+        for spec in specs:
+            running.append(start(spec, logs))
+        yield running
+    finally:
+        for server in running:
+            stop(server)
+
+
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:
+    """Send one request straight to ``url`` (never through a proxy); return status and body."""
+    if not url.startswith("http://127.0.0.1:"):
+        raise BenchError(f"the bench only talks to 127.0.0.1, not {url}")
+    request = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with _opener.open(request, timeout=REQUEST_TIMEOUT) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.25) -> bool:
+    """Return whether ``condition`` became true within ``timeout`` seconds (bounded polling)."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 1):
+        if condition():
+            return True
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    return condition()
+
+
+def wait_ready(server: Running, probe: tuple[str, bytes], timeout: float = START_TIMEOUT) -> None:
+    """Wait until the server answers 200 on its readiness route, else on ``probe`` (a predict
+    URL and body).
+
+    :raises BenchError: the server exited or was not ready in time.
+    """
+
+    def ready() -> bool:
+        if server.process.poll() is not None:
+            raise BenchError(
+                f"{server.spec.name} exited with {server.process.returncode} before it was "
+                f"ready:\n{server.log_tail()}"
+            )
+        try:
+            if server.spec.ready_path:
+                return http("GET", server.url + server.spec.ready_path)[0] == 200
+            return http("POST", *probe)[0] == 200
+        except OSError:
+            return False
+
+    if not wait_until(ready, timeout):
+        raise BenchError(f"{server.spec.name} not ready in {timeout} s:\n{server.log_tail()}")
+
+
+def check_predictions(server: Running, model: str, rows: np.ndarray, estimator: Any) -> None:
+    """Check the server's predictions for ``rows`` equal ``estimator.predict`` in process.
+
+    :raises BenchError: a non-200 answer or different predictions.
+    """
+    status, body = http("POST", server.predict_url(model), request_body(rows).encode())
+    if status != 200:
+        raise BenchError(f"{server.spec.name} answered {status} for {model}: {body[:500]!r}")
+    got = json.loads(body)["predictions"]
+    expected = estimator.predict(rows).tolist()
+    if got != expected:
+        raise BenchError(
+            f"{server.spec.name} predicts {got[:5]}... for {model}, expected {expected[:5]}..."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, Any]:
+    """Run wrk against ``url`` and return :func:`parse_wrk` of its report plus its command."""
+    argv = [
+        "wrk",
+        f"-t{min(WRK_THREADS, connections)}",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        f"--timeout={WRK_LATENCY_TIMEOUT}",
+        "--latency",
+        "-s",
+        str(script),
+        url,
+    ]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=seconds + 60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"wrk did not finish: {' '.join(argv)}") from None
+    if done.returncode != 0:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    result = parse_wrk(done.stdout)
+    result["command"] = " ".join(argv[:-3] + [script.name, url])
+    return result
+
+
+def _floor_process(
+    model_path: str, rows: np.ndarray, seconds: float, threads: int, barrier: Any, queue: Any
+) -> None:
+    """Predict ``rows`` in a loop for ``seconds``; put ``(calls, elapsed seconds)``."""
+    from threadpoolctl import threadpool_limits
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(threads)
+    estimator = joblib.load(model_path)
+    with threadpool_limits(limits=threads):
+        for _ in range(3):
+            estimator.predict(rows)
+        barrier.wait(timeout=60)
+        calls = 0
+        begin = time.perf_counter()
+        deadline = begin + seconds
+        while calls < MAX_FLOOR_CALLS and time.perf_counter() < deadline:
+            estimator.predict(rows)
+            calls += 1
+        elapsed = time.perf_counter() - begin
+    queue.put((calls, elapsed))
+
+
+def measure_floor(model_path: Path, rows: np.ndarray, seconds: int) -> dict[str, Any]:
+    """Time ``estimator.predict(rows)`` in :data:`FLOOR_PROCESSES` fresh processes at once,
+    each with its native thread pools capped like a server worker's.
+
+    :returns: ``rows_per_s`` summed over the processes and ``call_us``, the median time of one
+        call.
+    """
+    context = multiprocessing.get_context("spawn")
+    threads = max(1, len(os.sched_getaffinity(0)) // FLOOR_PROCESSES)
+    barrier = context.Barrier(FLOOR_PROCESSES)
+    queue = context.Queue()
+    processes = [
+        context.Process(
+            target=_floor_process,
+            args=(str(model_path), rows, seconds, threads, barrier, queue),
+        )
+        for _ in range(FLOOR_PROCESSES)
+    ]
+    try:
+        for process in processes:
+            process.start()
+        results = [queue.get(timeout=seconds + 120) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=STOP_TIMEOUT)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=STOP_TIMEOUT)
+    return {
+        "rows_per_s": sum(calls * len(rows) / elapsed for calls, elapsed in results),
+        "call_us": median(elapsed / calls * 1e6 for calls, elapsed in results),
+        "processes": FLOOR_PROCESSES,
+        "threads_per_process": threads,
+    }
+
+
+def run_throughput(settings: Settings) -> dict[str, Any]:
+    """Start every server, check its predictions, then measure the matrix ``repeats`` times."""
+    from inference_app.demo import write_demo_bundles
+
+    instance = WORK / "instance"
+    print(f"Writing the demo bundles into {instance / 'models'}", flush=True)
+    write_demo_bundles(instance / "models", overwrite=True)
+    write_demo_bundles(instance.with_name("instance-onnx") / "models", overwrite=True, onnx=True)
+    models = {model for model, _ in SCENARIOS.values()}
+    model_files = {m: instance / "models" / m / "1" / "model.joblib" for m in models}
+    estimators = {m: joblib.load(path) for m, path in model_files.items()}
+    scripts = WORK / "scripts"
+    scripts.mkdir(parents=True, exist_ok=True)
+    bodies = {}
+    for scenario, (model, count) in SCENARIOS.items():
+        bodies[scenario] = scenario_rows(model, count)
+        (scripts / f"{scenario}.lua").write_text(lua_script(request_body(bodies[scenario])))
+    specs = server_specs(instance)
+    per_repeat = len(specs) * len(SCENARIOS) * len(CONNECTIONS) + len(SCENARIOS)
+    progress = Progress(total=per_repeat * settings.repeats)
+    runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
+    print(
+        f"Starting {len(specs)} servers; then {progress.total} measurements of "
+        f"{settings.seconds} s ({settings.repeats} repeats)",
+        flush=True,
+    )
+    with serving(specs, WORK / "logs") as servers:
+        first, (first_model, _) = next(iter(SCENARIOS.items()))
+        for server in servers:
+            probe = (server.predict_url(first_model), request_body(bodies[first]).encode())
+            wait_ready(server, probe)
+            for scenario, (model, _) in SCENARIOS.items():
+                check_predictions(server, model, scenario_rows(model, 20), estimators[model])
+                check_predictions(server, model, bodies[scenario], estimators[model])
+            # Warm every worker up before the first measurement.
+            run_wrk(server.predict_url(first_model), scripts / f"{first}.lua", 8, 1)
+            print(f"  {server.spec.name} ready at {server.url}, predictions checked", flush=True)
+        for repeat in range(1, settings.repeats + 1):
+            for scenario, (model, _) in SCENARIOS.items():
+                floor = measure_floor(model_files[model], bodies[scenario], settings.seconds)
+                floor.update(scenario=scenario, repeat=repeat)
+                floors.append(floor)
+                progress.step(
+                    f"repeat {repeat}/{settings.repeats}  floor  {scenario:<18} "
+                    f"{floor['rows_per_s']:>10,.0f} rows/s  {floor['call_us']:>8,.0f} us/call"
+                )
+            for server in servers:
+                for scenario, (model, count) in SCENARIOS.items():
+                    for connections in CONNECTIONS:
+                        if server.process.poll() is not None:
+                            raise BenchError(f"{server.spec.name} died:\n{server.log_tail()}")
+                        result = run_wrk(
+                            server.predict_url(model),
+                            scripts / f"{scenario}.lua",
+                            connections,
+                            settings.seconds,
+                        )
+                        result.update(
+                            server=server.spec.name,
+                            scenario=scenario,
+                            connections=connections,
+                            rows=count,
+                            repeat=repeat,
+                            load_average=os.getloadavg()[0],
+                        )
+                        runs.append(result)
+                        progress.step(
+                            f"repeat {repeat}/{settings.repeats}  {server.spec.name:<13} "
+                            f"{scenario:<18} c={connections:<3} {result['rps']:>9,.0f} req/s  "
+                            f"p99 {result['p99_ms']:>8.2f} ms  errors {result['errors']}"
+                        )
+    rows, floor = summarize(runs, floors)
+    return {
+        "servers": [
+            {"name": s.name, "argv": list(s.argv), "env": dict(s.env), "route": s.route}
+            for s in specs
+        ],
+        "runs": runs,
+        "floor_runs": floors,
+        "summary": rows,
+        "floor": floor,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory (issue 6, item 5)
+# ---------------------------------------------------------------------------------------------
+
+
+def forest_bundle(models_dir: Path) -> Path:
+    """Write (once) a RandomForestClassifier bundle of about :data:`MEMORY_TARGET_MIB` MiB.
+
+    The forest is fitted on a noisy synthetic dataset so its trees grow deep; the number of
+    trees is chosen from the size of a small probe forest.
+
+    :returns: the bundle's ``model.joblib``.
+    :raises BenchError: the file is not within :data:`MEMORY_RANGE_MIB`.
+    """
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import RandomForestClassifier
+
+    from inference_app.core.bundle import JOBLIB_FILE, MANIFEST_FILE, write_bundle
+
+    folder = models_dir / "forest" / "1"
+    low, high = MEMORY_RANGE_MIB
+    path = folder / JOBLIB_FILE
+    if (folder / MANIFEST_FILE).exists() and low <= path.stat().st_size / MIB <= high:
+        return path
+    rows, target = make_classification(
+        n_samples=20_000, n_features=20, n_informative=12, flip_y=0.3, random_state=0
+    )
+    probe = RandomForestClassifier(n_estimators=8, n_jobs=-1, random_state=0).fit(rows, target)
+    per_tree = len(joblib_bytes(probe)) / 8
+    trees = min(2000, max(8, round(MEMORY_TARGET_MIB * MIB / per_tree)))
+    print(f"Fitting a {trees}-tree forest (~{per_tree / MIB:.2f} MiB a tree)...", flush=True)
+    forest = RandomForestClassifier(n_estimators=trees, n_jobs=-1, random_state=0)
+    forest.fit(rows, target)
+    forest.set_params(n_jobs=None)
+    write_bundle(forest, rows[:2000], models_dir, "forest", "1", overwrite=True)
+    size = path.stat().st_size / MIB
+    if not low <= size <= high:
+        raise BenchError(f"the forest bundle is {size:.0f} MiB, not within {low}-{high} MiB")
+    return path
+
+
+def joblib_bytes(estimator: Any) -> bytes:
+    """Return ``estimator`` serialized by ``joblib.dump``, as a bundle stores it."""
+    import io
+
+    buffer = io.BytesIO()
+    joblib.dump(estimator, buffer)
+    return buffer.getvalue()
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """Return the ``Rss`` and ``Pss`` (and other) totals of a process, in KiB."""
+    totals = {}
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    for key, value in re.findall(r"^(\w+):\s+(\d+) kB", text, re.M):
+        totals[key] = int(value)
+    return totals
+
+
+def children(pid: int) -> list[int]:
+    """Return the pids of the direct children of ``pid``."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found.extend(int(n) for n in (task / "children").read_text().split())
+        except FileNotFoundError:
+            continue
+    return sorted(set(found))
+
+
+def measure_memory_once(instance: Path, preload: bool, rows: np.ndarray) -> dict[str, Any]:
+    """Serve the forest with :data:`MEMORY_WORKERS` workers and ``preload_app`` as given;
+    once every worker is warm and has answered predictions, sum the PSS of the master and
+    its workers."""
+    spec = ServerSpec(
+        name=f"memory-preload-{'on' if preload else 'off'}",
+        argv=(str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"),
+        env={
+            "GUNICORN_BIND": "127.0.0.1:{port}",
+            "GUNICORN_WORKERS": str(MEMORY_WORKERS),
+            "GUNICORN_PRELOAD_APP": "true" if preload else "false",
+            "GUNICORN_TIMEOUT": "120",
+            "INFERENCE_APP_INSTANCE_PATH": str(instance),
+        },
+        cwd=REPO,
+        route="/v1/models/{model}:predict",
+        ready_path="/health/ready",
+    )
+    with serving([spec], WORK / "logs") as (server,):
+        begin = time.monotonic()
+        wait_ready(server, ("", b""), timeout=MEMORY_START_TIMEOUT)
+
+        def all_warm() -> bool:
+            return (
+                len(children(server.process.pid)) >= MEMORY_WORKERS
+                and server.log_tail(10_000).count("warmed its models") >= MEMORY_WORKERS
+            )
+
+        warm = wait_until(all_warm, MEMORY_START_TIMEOUT, interval=0.5)
+        started_s = time.monotonic() - begin
+        body = request_body(rows).encode()
+        url = server.predict_url("forest")
+        with ThreadPoolExecutor(max_workers=2 * MEMORY_WORKERS) as pool:
+            statuses = list(pool.map(lambda _: http("POST", url, body)[0], range(40)))
+        if set(statuses) != {200}:
+            raise BenchError(f"forest predictions answered {statuses}:\n{server.log_tail()}")
+        time.sleep(1)
+        master = server.process.pid
+        workers = children(master)
+        master_mem = smaps_rollup(master)
+        worker_mem = [smaps_rollup(pid) for pid in workers]
+    total_pss = master_mem["Pss"] + sum(w["Pss"] for w in worker_mem)
+    one_pss = max(w["Pss"] for w in worker_mem)
+    one_rss = max(w["Rss"] for w in worker_mem)
+    return {
+        "preload": preload,
+        "workers": len(workers),
+        "all_workers_warm": warm,
+        "start_s": round(started_s, 1),
+        "master_pss_mib": master_mem["Pss"] / 1024,
+        "master_rss_mib": master_mem["Rss"] / 1024,
+        "worker_pss_mib": [w["Pss"] / 1024 for w in worker_mem],
+        "worker_rss_mib": [w["Rss"] / 1024 for w in worker_mem],
+        "total_pss_mib": total_pss / 1024,
+        "one_worker_pss_mib": one_pss / 1024,
+        "one_worker_rss_mib": one_rss / 1024,
+        "ratio_total_pss_to_worker_pss": total_pss / one_pss,
+        "ratio_total_pss_to_worker_rss": total_pss / one_rss,
+    }
+
+
+def run_memory() -> dict[str, Any]:
+    """Measure the forest server's memory with ``preload_app`` on, then off."""
+    instance = WORK / "memory-instance"
+    path = forest_bundle(instance / "models")
+    from inference_app.core.bundle import MANIFEST_FILE, Manifest
+
+    manifest = Manifest.from_dict(json.loads((path.parent / MANIFEST_FILE).read_text()))
+    rows = np.asarray(manifest.reference_rows, dtype=np.float64)
+    result: dict[str, Any] = {"bundle_mib": path.stat().st_size / MIB}
+    for preload in (True, False):
+        print(f"Memory: {MEMORY_WORKERS} workers, preload_app={preload}...", flush=True)
+        measured = measure_memory_once(instance, preload, rows)
+        result["preload_on" if preload else "preload_off"] = measured
+        print(
+            f"  total PSS {measured['total_pss_mib']:.0f} MiB, one worker PSS "
+            f"{measured['one_worker_pss_mib']:.0f} MiB / RSS {measured['one_worker_rss_mib']:.0f}"
+            f" MiB",
+            flush=True,
+        )
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting
+# ---------------------------------------------------------------------------------------------
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], floor: Mapping[str, Mapping[str, Any]]) -> str:
+    """Return the summary as a Markdown table, a floor line per scenario first."""
+    lines = [
+        "| scenario | conn | server | req/s | req/s min-max | rows/s | p50 ms | p99 ms | errors | "
+        + " | ".join(f"x {b}" for b in BASELINES)
+        + " | x floor |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|" + "---:|" * (len(BASELINES) + 1),
+    ]
+    for scenario in SCENARIOS:
+        if scenario in floor:
+            f = floor[scenario]
+            calls = f["rows_per_s"] / SCENARIOS[scenario][1]
+            lines.append(
+                f"| {scenario} | - | in-process floor | {calls:,.0f} | - | {f['rows_per_s']:,.0f}"
+                f" | {f['call_us'] / 1e3:.3f} | - | - | "
+                + " | ".join("-" for _ in BASELINES)
+                + " | 1.00x |"
+            )
+        for r in rows:
+            if r["scenario"] != scenario:
+                continue
+            lines.append(
+                f"| {scenario} | {r['connections']} | {r['server']} | {r['rps']:,.0f} | "
+                f"{r['rps_min']:,.0f}-{r['rps_max']:,.0f} | "
+                f"{r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                f"{r['errors']:g} | "
+                + " | ".join(_x(r["vs"][b]) for b in BASELINES)
+                + f" | {_x(r['vs_floor'])} |"
+            )
+    return "\n".join(lines)
+
+
+def format_memory(memory: Mapping[str, Any]) -> str:
+    """Return the memory results as a Markdown table."""
+    lines = [
+        f"Forest bundle: {memory['bundle_mib']:.0f} MiB (model.joblib), {MEMORY_WORKERS} workers",
+        "",
+        "| preload_app | total PSS MiB | master PSS | one worker PSS | one worker RSS | "
+        "total / worker PSS | total / worker RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in ("preload_on", "preload_off"):
+        if key in memory:
+            m = memory[key]
+            lines.append(
+                f"| {'on' if m['preload'] else 'off'} | {m['total_pss_mib']:.0f} | "
+                f"{m['master_pss_mib']:.0f} | {m['one_worker_pss_mib']:.0f} | "
+                f"{m['one_worker_rss_mib']:.0f} | {m['ratio_total_pss_to_worker_pss']:.2f}x | "
+                f"{m['ratio_total_pss_to_worker_rss']:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
+def format_targets(found: Sequence[Mapping[str, Any]]) -> str:
+    """Return the targets as a Markdown table."""
+    lines = ["| target | server | measured | met |", "|---|---|---:|---|"]
+    for t in found:
+        value = "-" if t["value"] is None else f"{t['value']:.2f}"
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['server']} | {value} | {met} |")
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[Mapping[str, Any]], floor: Mapping[str, Any], path: Path) -> None:
+    """Draw rows/s against connections, one panel per scenario, one line per server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(SCENARIOS), figsize=(5 * len(SCENARIOS), 4.2))
+    for axis, scenario in zip(np.atleast_1d(axes), SCENARIOS, strict=True):
+        for server in dict.fromkeys(r["server"] for r in rows):
+            mine = sorted(
+                (r for r in rows if r["server"] == server and r["scenario"] == scenario),
+                key=lambda r: r["connections"],
+            )
+            axis.plot(
+                [r["connections"] for r in mine],
+                [r["rows_per_s"] for r in mine],
+                marker="o",
+                label=server,
+            )
+        if scenario in floor:
+            axis.axhline(
+                floor[scenario]["rows_per_s"], color="grey", linestyle="--", label="in-process"
+            )
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(list(CONNECTIONS), [str(c) for c in CONNECTIONS])
+        axis.set_yscale("log")
+        axis.set_title(scenario)
+        axis.set_xlabel("connections")
+        axis.set_ylabel("rows/s (median, log scale)")
+        axis.grid(alpha=0.3)
+    np.atleast_1d(axes)[0].legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def machine() -> dict[str, Any]:
+    """Describe the machine and the versions measured."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("gunicorn", "flask", "scikit-learn", "numpy", "fastapi", "uvicorn"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    try:
+        wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=10)
+        versions["wrk"] = (wrk.stdout or wrk.stderr).split("\n")[0].strip()
+    except (OSError, subprocess.TimeoutExpired):
+        versions["wrk"] = None
+    git: dict[str, Any] = {}
+    for key, command in (
+        ("commit", ["rev-parse", "--short", "HEAD"]),
+        ("changed", ["status", "--porcelain", "src", "gunicorn.conf.py", "wsgi.py"]),
+    ):
+        try:
+            git[key] = subprocess.run(
+                ["git", *command], cwd=REPO, capture_output=True, text=True, timeout=10
+            ).stdout.rstrip()
+        except (OSError, subprocess.TimeoutExpired):
+            git[key] = None
+    return {
+        "cpus": len(os.sched_getaffinity(0)),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "commit": git["commit"],
+        # Uncommitted changes to the server measured.
+        "uncommitted": (git["changed"] or "").splitlines(),
+        # Other work on the machine skews every number: compare with the number of CPUs.
+        "load_average_at_start": list(os.getloadavg()),
+        "versions": versions,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--memory", action="store_true", help="measure memory only")
+    group.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    args = parser.parse_args(argv)
+    # Let SIGTERM unwind through the finally blocks that stop the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    settings = Settings.from_env()
+    started = dt.datetime.now(dt.UTC)
+    results: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "settings": {
+            "repeats": settings.repeats,
+            "seconds": settings.seconds,
+            "connections": list(CONNECTIONS),
+            "scenarios": {k: {"model": m, "rows": n} for k, (m, n) in SCENARIOS.items()},
+            "profiles": PROFILES,
+            "wrk_threads": WRK_THREADS,
+            "floor_processes": FLOOR_PROCESSES,
+        },
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"Note: load average {load:.1f} before the start; other work skews the numbers.")
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+
+    def save() -> None:
+        results["targets"] = targets(results.get("summary", []), results.get("memory"))
+        results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        results["machine"]["load_average_at_end"] = list(os.getloadavg())
+        text = json.dumps(results, indent=2) + "\n"
+        (RESULTS / f"{stamp}.json").write_text(text)
+        (RESULTS / "latest.json").write_text(text)
+
+    if not args.memory:
+        if subprocess.run(["sh", "-c", "command -v wrk"], capture_output=True).returncode:
+            print("wrk is not installed: run `make bench`, or apt-get install wrk", file=sys.stderr)
+            return 2
+        results.update(run_throughput(settings))
+        save()  # kept even if the memory measurement fails
+        print(
+            f"\nMedians of {settings.repeats} repeat(s) of {settings.seconds} s, "
+            f"{results['machine']['cpus']} CPUs:\n"
+        )
+        print(format_table(results["summary"], results["floor"]))
+        for r in results["runs"]:
+            if r["errors"]:
+                print(
+                    f"  errors: {r['server']} {r['scenario']} c={r['connections']} repeat "
+                    f"{r['repeat']}: {r['socket_errors']} socket, {r['non_2xx']} non-2xx"
+                )
+        plot(results["summary"], results["floor"], RESULTS / "throughput.png")
+        print(f"\nPlot: {RESULTS / 'throughput.png'}\n")
+    if not args.no_memory:
+        results["memory"] = run_memory()
+        save()
+        print()
+        print(format_memory(results["memory"]))
+    if results["targets"]:
+        print()
+        print(format_targets(results["targets"]))
+    print(f"\nResults: {RESULTS / f'{stamp}.json'} (and latest.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
