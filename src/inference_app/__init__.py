@@ -26,7 +26,6 @@ def create_app(
     :raises inference_app.core.errors.BundleError: a model bundle cannot be loaded.
     """
     # Imported here so that importing the serving core (inference_app.core) loads no Flask.
-
     from inference_app import config, metrics
     from inference_app.core.registry import Registry
     from inference_app.core.runtime import Runtime
@@ -43,18 +42,8 @@ def create_app(
         config.models_dir(app), strict_sklearn_version=app.config["STRICT_SKLEARN_VERSION"]
     )
     registry.load()
-    config.check_default_model(app, registry.models)
-    batching = app.config["BATCHING"]
-    runtime = Runtime(
-        registry,
-        max_rows=app.config["MAX_ROWS"],
-        unknown_features=app.config["UNKNOWN_FEATURES"],
-        batching=batching if type(batching) is bool else config.string_list(batching),
-        max_batch_size=app.config["MAX_BATCH_SIZE"],
-        max_batch_latency=app.config["MAX_BATCH_LATENCY_MS"] / 1000,
-        on_batch=metrics.record_batch,
-        engine=app.config["RUNTIME"],
-    )
+    default_model = config.default_model(app, registry.models)
+    runtime = Runtime.from_settings(registry, app.config, on_batch=metrics.record_batch)
     metrics.record_loads(registry)
     if app.config["WARM_UP"] == "on_load":
         runtime.warm_up()
@@ -69,7 +58,5 @@ def create_app(
     smorest.register_blueprint(v2.blp)
     smorest.register_blueprint(mlflow.blp)
     smorest.register_blueprint(observe.blp)
-    docs.init_app(
-        app, smorest, registry, app.config["DEFAULT_MODEL"] or next(iter(registry.models), "")
-    )
+    docs.init_app(app, smorest, registry, default_model)
     return app

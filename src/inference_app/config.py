@@ -171,14 +171,16 @@ def models_dir(app: Flask) -> Path:
     return Path(app.instance_path) / str(app.config["MODELS_DIR"])
 
 
-def check_default_model(app: Flask, names: Collection[str]) -> None:
-    """Check that ``DEFAULT_MODEL``, when set, names a loaded model.
+def default_model(app: Flask, names: Collection[str]) -> str:
+    """Return the model ``POST /predict`` and MLflow's ``/invocations`` use: ``DEFAULT_MODEL``,
+    else the first of ``names`` by name ("" with none).
 
-    :raises ConfigError: it names a model that is not loaded.
+    :raises ConfigError: ``DEFAULT_MODEL`` names a model that is not loaded.
     """
-    chosen = app.config["DEFAULT_MODEL"]
+    chosen: str | None = app.config["DEFAULT_MODEL"]
     if chosen is not None and chosen not in names:
         raise ConfigError(
             f"setting DEFAULT_MODEL (environment variable {ENV_PREFIX}_DEFAULT_MODEL) names "
             f"{chosen!r}, which is not loaded; loaded: {', '.join(sorted(names)) or 'none'}"
         )
+    return chosen or min(names, default="")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +109,29 @@ class Runtime:
             message="X does not have valid feature names",
             category=UserWarning,
             module=r"sklearn\.",
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        registry: Registry,
+        settings: Mapping[str, Any],
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> Runtime:
+        """Make a runtime from the app's settings (``MAX_ROWS``, ``UNKNOWN_FEATURES``,
+        ``BATCHING``, ``MAX_BATCH_SIZE``, ``MAX_BATCH_LATENCY_MS``, ``RUNTIME``)."""
+        batching = settings["BATCHING"]
+        if isinstance(batching, str):
+            batching = [name.strip() for name in batching.split(",") if name.strip()]
+        return cls(
+            registry,
+            max_rows=settings["MAX_ROWS"],
+            unknown_features=settings["UNKNOWN_FEATURES"],
+            batching=batching,
+            max_batch_size=settings["MAX_BATCH_SIZE"],
+            max_batch_latency=settings["MAX_BATCH_LATENCY_MS"] / 1000,
+            on_batch=on_batch,
+            engine=settings["RUNTIME"],
         )
 
     def serving(self, name: str, version: str | None = None, method: str = "predict") -> Bundle:

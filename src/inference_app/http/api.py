@@ -20,6 +20,7 @@ from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.routing import BaseConverter
 from werkzeug.sansio.response import Response as WerkzeugResponse
 
+from inference_app import config
 from inference_app.core.registry import Registry
 from inference_app.core.runtime import Runtime
 from inference_app.http import errors
@@ -66,8 +67,7 @@ def default_model_name() -> str:
 
     With no model loaded, the name is empty, so the lookup answers 404 naming none.
     """
-    configured: str | None = current_app.config["DEFAULT_MODEL"]
-    return configured or next(iter(get_registry().models), "")
+    return config.default_model(current_app, get_registry().models)
 
 
 #: A model name or version in a URL: one path segment, no ``:`` (DESIGN section 3).
