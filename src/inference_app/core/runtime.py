@@ -60,8 +60,9 @@ class Prediction:
 class Runtime:
     """Turn rows into predictions with the registry's estimators.
 
-    :meth:`execute` is the one place an estimator is called: in-worker request batching
-    replaces it, leaving validation and output conversion as they are.
+    :meth:`execute` is the seam between checked rows and the estimator: it hands each call to
+    the batcher or straight to :meth:`call` (scikit-learn or the bundle's ONNX session),
+    leaving validation and output conversion as they are.
 
     :param registry: where the bundles are.
     :param max_rows: the most rows one request may hold.
