@@ -90,6 +90,10 @@ def _strings(value: Any) -> bool:
     )
 
 
+#: Settings that take a list, also given as a comma-separated string (as from the env).
+LIST_SETTINGS = ("API_KEYS", "CORS_ORIGINS", "BATCHING")
+
+
 def string_list(value: str | list[str]) -> list[str]:
     """Return a list setting given as a list or as a comma-separated string."""
     if isinstance(value, str):
@@ -140,7 +144,8 @@ def resolve_instance_path(explicit: str | os.PathLike[str] | None = None) -> Pat
 
 
 def init_app(app: Flask, test_config: Mapping[str, Any] | None = None) -> None:
-    """Layer the configuration onto ``app`` and validate it.
+    """Layer the configuration onto ``app``, validate it, and turn comma-separated strings
+    of :data:`LIST_SETTINGS` into lists.
 
     :raises ConfigError: a setting has a bad value.
     """
@@ -150,6 +155,9 @@ def init_app(app: Flask, test_config: Mapping[str, Any] | None = None) -> None:
     if test_config is not None:
         app.config.from_mapping(test_config)
     validate(app.config)
+    for key in LIST_SETTINGS:  # BATCHING may also be true or false
+        if isinstance(app.config[key], str):
+            app.config[key] = string_list(app.config[key])
 
 
 def validate(config: Mapping[str, Any]) -> None:

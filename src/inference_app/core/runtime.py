@@ -121,14 +121,11 @@ class Runtime:
     ) -> Runtime:
         """Make a runtime from the app's settings (``MAX_ROWS``, ``UNKNOWN_FEATURES``,
         ``BATCHING``, ``MAX_BATCH_SIZE``, ``MAX_BATCH_LATENCY_MS``, ``RUNTIME``)."""
-        batching = settings["BATCHING"]
-        if isinstance(batching, str):
-            batching = [name.strip() for name in batching.split(",") if name.strip()]
         return cls(
             registry,
             max_rows=settings["MAX_ROWS"],
             unknown_features=settings["UNKNOWN_FEATURES"],
-            batching=batching,
+            batching=settings["BATCHING"],
             max_batch_size=settings["MAX_BATCH_SIZE"],
             max_batch_latency=settings["MAX_BATCH_LATENCY_MS"] / 1000,
             on_batch=on_batch,

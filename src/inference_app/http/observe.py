@@ -50,8 +50,8 @@ class Metrics(MethodView):
 def note_prediction(prediction: Prediction) -> None:
     """Record the model, version, rows and stage timings of this request's prediction.
 
-    Several predictions in one request (V2 outputs) add up their rows only once per method
-    call's rows, as each call predicts the same rows again: rows count the first call only.
+    A V2 request asking for several outputs predicts the same rows once per output: its
+    stage timings add up, its rows count once.
     """
     first = "model" not in g
     g.model, g.version = prediction.model_name, prediction.model_version

@@ -14,7 +14,7 @@ from flask import Flask, Response, current_app, g, request
 from flask_cors import CORS
 from webargs.flaskparser import abort
 
-from inference_app.config import ConfigError, string_list
+from inference_app.config import ConfigError
 
 EXTENSION = "inference_app.security"
 #: Routes that never ask for a key nor count against the concurrency cap.
@@ -51,12 +51,12 @@ class Guard:
         return matched
 
 
-def key_digests(keys: str | list[str], keys_file: str | None, instance_path: str) -> frozenset[str]:
+def key_digests(keys: list[str], keys_file: str | None, instance_path: str) -> frozenset[str]:
     """Return the digests of the configured keys and of the keys file's lines.
 
     :raises ConfigError: the keys file cannot be read or holds a line that is not a digest.
     """
-    digests = {hashlib.sha256(key.encode()).hexdigest() for key in string_list(keys)}
+    digests = {hashlib.sha256(key.encode()).hexdigest() for key in keys}
     if keys_file:
         path = Path(instance_path) / keys_file
         try:
@@ -120,7 +120,7 @@ def _refuse_oversized_stream() -> None:
         return
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if len(request.get_data(cache=True)) >= limit and request.environ["wsgi.input"].read(1):
-        abort(413, message=f"The body is larger than {limit} bytes: send fewer rows per request.")
+        abort(413)  # errors.py words it, as for bodies with a Content-Length
 
 
 def _enter() -> None:
@@ -183,7 +183,7 @@ def init_app(app: Flask, api: Any) -> None:
     app.before_request(_enter)
     app.teardown_request(_leave)
     app.after_request(_headers)
-    origins = string_list(app.config["CORS_ORIGINS"])
+    origins = app.config["CORS_ORIGINS"]
     if origins:
         CORS(app, origins=origins, expose_headers=["X-Request-ID"])
     if digests:
