@@ -129,12 +129,12 @@ def when_ready(server):
         server.log.info("inference-app listening at %s; API docs at %s/docs", address, address)
     port = os.environ.get("INFERENCE_APP_METRICS_PORT")
     if port:
-        from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+        from prometheus_client import start_http_server
 
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        from inference_app import metrics
+
         address = os.environ.get("INFERENCE_APP_METRICS_ADDR", "127.0.0.1")
-        start_http_server(int(port), addr=address, registry=registry)
+        start_http_server(int(port), addr=address, registry=metrics.multiprocess_registry())
         server.log.info("metrics at http://%s:%s/metrics", address, port)
 
 

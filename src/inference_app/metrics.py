@@ -4,14 +4,19 @@ Under Gunicorn, ``gunicorn.conf.py`` points ``PROMETHEUS_MULTIPROC_DIR`` at an e
 before the app is imported; every process writes its samples there and ``GET /metrics``
 merges them. When a worker exits, :func:`archive_dead_process` folds its counters and
 histograms into one archive file per type, so scrapes read a bounded number of files however
-often workers are recycled. Names follow Prometheus's naming rules (base units, ``_total``).
+often workers are recycled. A scrape and a fold never overlap: the fold holds an exclusive
+``flock`` on ``archive.lock`` in that folder and a scrape a shared one, so a scrape never reads a
+file being removed nor counts a dead worker's samples twice. Names follow Prometheus's naming
+rules (base units, ``_total``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
-from pathlib import Path
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,11 +28,14 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
 from inference_app.core.registry import Registry
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: The file in the metrics folder whose ``flock`` orders scrapes and folds of dead workers.
+LOCK_FILE = "archive.lock"
 #: Bucket bounds in seconds, from a cached single-row call to a large batch.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -93,13 +101,37 @@ RELOADS = Counter(
 )
 
 
+@contextmanager
+def _locked(folder: str | os.PathLike[str], operation: int) -> Iterator[None]:
+    """Hold ``flock(operation)`` on the lock file of ``folder``; closing the file releases it."""
+    with open(os.path.join(folder, LOCK_FILE), "ab") as handle:
+        fcntl.flock(handle, operation)
+        yield
+
+
+class Collector(multiprocess.MultiProcessCollector):
+    """prometheus-client's multiprocess collector, reading only while no dead worker is folded."""
+
+    def collect(self) -> Iterable[Metric]:
+        with _locked(self._path, fcntl.LOCK_SH):
+            return list(super().collect())
+
+
+def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
+    """Return a registry that merges the samples every process wrote under ``path``.
+
+    ``path`` defaults to ``$PROMETHEUS_MULTIPROC_DIR``. Raises ``ValueError`` when it is not a
+    directory.
+    """
+    registry = CollectorRegistry()
+    Collector(registry, path=path)
+    return registry
+
+
 def collect() -> tuple[bytes, str]:
     """Return the exposition text of every process's metrics and its content type."""
-    path = os.environ.get(MULTIPROC_ENV)
-    if path:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry, path=path)
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+    if os.environ.get(MULTIPROC_ENV):
+        return generate_latest(multiprocess_registry()), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
@@ -124,33 +156,27 @@ def record_served(registry: Registry) -> None:
             MODEL_INFO.labels(*labels).set(1)
 
 
-def prepare_directory(path: str | os.PathLike[str]) -> None:
-    """Create ``path`` and remove samples a previous server left there."""
-    folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.db"):
-        stale.unlink()
-
-
 def archive_dead_process(pid: int, path: str | os.PathLike[str] | None = None) -> None:
     """Fold a dead process's samples into the archive files; forget its live gauges.
 
     Counters and histograms of ``pid`` are added to ``counter_archive.db`` and
     ``histogram_archive.db`` (prometheus-client's file format, read by its collector), then
     removed, so the number of files stays bounded as workers are recycled. Run it in the
-    Gunicorn master's ``child_exit``, when ``pid`` can no longer write.
+    Gunicorn master's ``child_exit``, when ``pid`` can no longer write. Scrapes wait while it
+    runs (see :class:`Collector`).
     """
     folder = path or os.environ.get(MULTIPROC_ENV)
     if not folder:
         return
-    multiprocess.mark_process_dead(pid, folder)
-    for kind in ("counter", "histogram"):
-        for dead in glob.glob(os.path.join(folder, f"{kind}_{pid}.db")):
-            archive = MmapedDict(os.path.join(folder, f"{kind}_archive.db"))
-            try:
-                for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
-                    total, _ = archive.read_value(key)
-                    archive.write_value(key, total + value, timestamp)
-            finally:
-                archive.close()
-            os.remove(dead)
+    with _locked(folder, fcntl.LOCK_EX):
+        multiprocess.mark_process_dead(pid, folder)
+        for kind in ("counter", "histogram"):
+            for dead in glob.glob(os.path.join(folder, f"{kind}_{pid}.db")):
+                archive = MmapedDict(os.path.join(folder, f"{kind}_archive.db"))
+                try:
+                    for key, value, timestamp, _ in MmapedDict.read_all_values_from_file(dead):
+                        total, _ = archive.read_value(key)
+                        archive.write_value(key, total + value, timestamp)
+                finally:
+                    archive.close()
+                os.remove(dead)
