@@ -29,7 +29,7 @@ def create_app(
     from inference_app import config, metrics
     from inference_app.core.registry import Registry
     from inference_app.core.runtime import Runtime
-    from inference_app.http import api, docs, health, mlflow, observe, security, v1, v2
+    from inference_app.http import api, docs, fastpath, health, mlflow, observe, security, v1, v2
 
     app = api.Server(
         __name__,
@@ -59,4 +59,5 @@ def create_app(
     smorest.register_blueprint(mlflow.blp)
     smorest.register_blueprint(observe.blp)
     docs.init_app(app, smorest, registry, default_model)
+    app.fast_path = fastpath.FastPath(app)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +30,21 @@ EXTENSION = "inference_app"
 
 class Server(Flask):
     """The Flask app class: no view here is a coroutine, so none is checked for being one
-    (flask-smorest wraps each view in several layers, each checked on every request)."""
+    (flask-smorest wraps each view in several layers, each checked on every request).
+
+    ``fast_path``, when set, may answer a request before Flask does
+    (:class:`inference_app.http.fastpath.FastPath`).
+    """
+
+    fast_path: Callable[[dict[str, Any], Any], Iterable[bytes] | None] | None = None
+
+    def wsgi_app(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """Answer through the fast path if it takes the request, else through Flask."""
+        if self.fast_path is not None and environ.get("REQUEST_METHOD") == "POST":
+            answer = self.fast_path(environ, start_response)
+            if answer is not None:
+                return answer
+        return super().wsgi_app(environ, start_response)
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Return ``func`` as it is."""

@@ -69,8 +69,7 @@ def protocol() -> str:
 def _start() -> None:
     g.started = time.perf_counter()
     g.stages = {}
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    g.request_id = given if REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
+    g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
     metrics.IN_FLIGHT.inc()
 
 
@@ -80,13 +79,55 @@ def _finish(response: Response) -> Response:
         return response
     req = request._get_current_object()  # type: ignore[attr-defined]
     response.headers[REQUEST_ID_HEADER] = context.request_id
-    duration = time.perf_counter() - context.started
-    kind = protocol()
-    route = _route(req.url_rule.rule) if req.url_rule is not None else "unmatched"
     model, version = _known_model()
-    status = response.status_code
-    stages: dict[str, float] = context.stages
-    rows = getattr(context, "rows", 0)
+    account(
+        request_id=context.request_id,
+        method=req.method,
+        path=req.path,
+        route=_route(req.url_rule.rule) if req.url_rule is not None else "unmatched",
+        kind=protocol(),
+        status=response.status_code,
+        model=model,
+        version=version,
+        rows=getattr(context, "rows", 0),
+        duration=time.perf_counter() - context.started,
+        stages=context.stages,
+        error_kind=getattr(context, "error_kind", None),
+        remote_addr=req.remote_addr,
+        user_agent=req.environ.get("HTTP_USER_AGENT"),
+        log=not req.path.startswith(PROBE_PREFIXES) or current_app.config["LOG_PROBES"],
+    )
+    return response
+
+
+def account(
+    *,
+    request_id: str,
+    method: str,
+    path: str,
+    route: str,
+    kind: str,
+    status: int,
+    model: str,
+    version: str,
+    rows: int,
+    duration: float,
+    stages: dict[str, float],
+    error_kind: str | None = None,
+    remote_addr: str | None = None,
+    user_agent: str | None = None,
+    log: bool = True,
+) -> None:
+    """Count one answered request in the metrics and write its access log line.
+
+    :param route: the URL rule without converters, e.g. ``/v1/models/<name>:predict``.
+    :param kind: the protocol: ``native``, ``v2``, ``mlflow`` or ``other``.
+    :param model: the model's name, empty when the request named none the registry knows.
+    :param duration: seconds from the request's arrival in the app to its answer.
+    :param stages: seconds per stage (``parse``, ``validate``, ``predict``, ``serialise``).
+    :param error_kind: the domain error's name for an error answer; default its status.
+    :param log: whether to write the access line (probes are not logged by default).
+    """
     _child(metrics.REQUESTS, kind, route, model, version, f"{status // 100}xx").inc()
     _child(metrics.REQUEST_DURATION, kind, route, model, version).observe(duration)
     if rows:
@@ -94,18 +135,16 @@ def _finish(response: Response) -> Response:
     for stage, seconds in stages.items():
         _child(metrics.STAGE_DURATION, kind, stage).observe(seconds)
     if status >= 400:
-        error_kind = getattr(context, "error_kind", None) or str(status)
-        _child(metrics.ERRORS, kind, error_kind).inc()
-    path = req.path
-    if not path.startswith(PROBE_PREFIXES) or current_app.config["LOG_PROBES"]:
+        _child(metrics.ERRORS, kind, error_kind or str(status)).inc()
+    if log:
         access_log.info(
             "%s %s %s",
-            req.method,
+            method,
             path,
             status,
             extra={
-                "request_id": context.request_id,
-                "method": req.method,
+                "request_id": request_id,
+                "method": method,
                 "path": path,
                 "route": route,
                 "protocol": kind,
@@ -115,11 +154,15 @@ def _finish(response: Response) -> Response:
                 "rows": rows,
                 "duration_ms": round(duration * 1000, 3),
                 "stages_ms": {stage: round(s * 1000, 3) for stage, s in stages.items()},
-                "remote_addr": req.remote_addr,
-                "user_agent": req.user_agent.string or None,
+                "remote_addr": remote_addr,
+                "user_agent": user_agent or None,
             },
         )
-    return response
+
+
+def request_id(given: str | None) -> str:
+    """Return the caller's ``X-Request-ID`` if it is printable and short, else a new one."""
+    return given if given and REQUEST_ID_PATTERN.fullmatch(given) else uuid.uuid4().hex
 
 
 @functools.lru_cache(maxsize=256)

@@ -25,6 +25,8 @@ API_KEY_HEADER = "X-API-Key"
 REALM = 'Bearer realm="inference-app"'
 #: The Content-Security-Policy of every answer but the docs page.
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
+#: Headers of every answer, unless a view set its own.
+SAFE_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
 SECURITY_SCHEMES = {
     "bearerAuth": {"type": "http", "scheme": "bearer"},
     "apiKeyAuth": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
@@ -75,11 +77,15 @@ def key_digests(keys: list[str], keys_file: str | None, instance_path: str) -> f
     return frozenset(digests)
 
 
-def _presented_key() -> str | None:
-    header = request.headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return request.headers.get(API_KEY_HEADER)
+def presented_key(authorization: str, api_key: str | None) -> str | None:
+    """Return the key a request presents: ``Authorization: Bearer <key>``, else ``X-API-Key``.
+
+    :param authorization: the ``Authorization`` header, empty if absent.
+    :param api_key: the ``X-API-Key`` header, if any.
+    """
+    if authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return api_key
 
 
 def _guard() -> Guard:
@@ -97,7 +103,9 @@ def _authenticate() -> None:
     guard = _guard()
     if not guard.digests or request.method == "OPTIONS" or _is_open(request.path):
         return
-    key = _presented_key()
+    key = presented_key(
+        request.headers.get("Authorization", ""), request.headers.get(API_KEY_HEADER)
+    )
     if not key or not guard.accepts(key):
         abort(
             401,
@@ -144,8 +152,8 @@ def _leave(error: BaseException | None) -> None:
 
 
 def _headers(response: Response) -> Response:
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    for name, value in SAFE_HEADERS:
+        response.headers.setdefault(name, value)
     if request.method == "POST":
         response.headers["Cache-Control"] = "no-store"
     if response.mimetype == "text/html":
