@@ -228,17 +228,15 @@ class Runtime:
         # Our checks have made the rows finite float64 of the right width: scikit-learn's
         # own finiteness and parameter validation would only repeat them. Overflow in the
         # estimator's arithmetic is caught by json_values, not warned about.
-        with (
-            sklearn.config_context(
-                assume_finite=not bundle.manifest.allow_nan, skip_parameter_validation=True
-            ),
-            np.errstate(all="ignore"),
-        ):
+        compiled = self.compiled.get(id(bundle))
+        with np.errstate(all="ignore"):
             try:
-                compiled = self.compiled.get(id(bundle))
                 if compiled is not None and method in compiled.outputs:
                     return compiled.run(method, matrix)
-                result: np.ndarray = getattr(bundle.estimator, method)(matrix)
+                with sklearn.config_context(
+                    assume_finite=not bundle.manifest.allow_nan, skip_parameter_validation=True
+                ):
+                    result: np.ndarray = getattr(bundle.estimator, method)(matrix)
             except ValueError as error:
                 raise InvalidInputError(
                     f"the model cannot predict these rows: {error}",
