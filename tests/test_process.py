@@ -1,13 +1,22 @@
-"""Per-worker process setup: the CPUs a worker may use, from affinity and cgroup quotas."""
+"""Process setup: the CPUs a worker may use (affinity, cgroup quotas) and reloads on HUP."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+from flask import Flask
+from sklearn.linear_model import LogisticRegression
 
-from inference_app.process import available_cpus, cpu_share
+from inference_app import create_app
+from inference_app.core import registry as registry_module
+from inference_app.core.bundle import load_bundle, write_bundle
+from inference_app.demo import load_demo_data
+from inference_app.http.api import EXTENSION
+from inference_app.process import available_cpus, cpu_share, reload
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -41,3 +50,58 @@ def test_available_cpus_follow_the_quota(
 def test_each_worker_gets_its_share_and_at_least_one() -> None:
     assert cpu_share(1) == available_cpus()
     assert cpu_share(10_000) == 1
+
+
+def new_iris_version(models: Path) -> None:
+    """Write iris version 2, fitted with other settings."""
+    rows, target, names = load_demo_data("iris")
+    model = LogisticRegression(C=0.5, max_iter=1000).fit(rows, target)
+    write_bundle(model, rows, models, "iris", "2", feature_names=names)
+
+
+class Holder:
+    """What Gunicorn's ``server.app`` is to ``reload``: the preloaded app, replaceable."""
+
+    def __init__(self, app: Flask) -> None:
+        self.callable = app
+
+    def wsgi(self) -> Flask:
+        return self.callable
+
+
+def test_a_refused_reload_keeps_the_old_models_without_reading_them_again(
+    tmp_path: Path, demo_instance: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    instance = tmp_path / "instance"
+    shutil.copytree(demo_instance / "models", instance / "models")
+    holder = Holder(create_app(instance_path=instance))
+    registry = holder.callable.extensions[EXTENSION].registry
+    before: dict[str, Any] = {b.name: b for b in registry.bundles()}
+    new_iris_version(instance / "models")
+    with (instance / "models" / "iris" / "2" / "model.joblib").open("ab") as handle:
+        handle.write(b"tampered")
+
+    reads: list[Path] = []
+
+    def counted(path: Path, *args: Any, **kwargs: Any) -> Any:
+        reads.append(path)
+        return load_bundle(path, *args, **kwargs)
+
+    monkeypatch.setattr(registry_module, "load_bundle", counted)
+    reloaded, message = reload(holder)
+
+    assert len(reads) == len(before) + 1  # each folder read once, the new one included
+    assert not reloaded
+    assert message.startswith("reload failed, the previous models keep serving")
+    assert holder.callable.extensions[EXTENSION].registry is registry
+    assert {b.name: b for b in registry.bundles()} == before  # the same objects: not re-read
+    (error,) = registry.load_errors["iris"]
+    assert error.startswith("version 2:") and "sha256" in error
+    assert str(instance) not in error
+
+    shutil.rmtree(instance / "models" / "iris" / "2")
+    new_iris_version(instance / "models")
+    reloaded, message = reload(holder)
+
+    assert reloaded, message
+    assert holder.callable.extensions[EXTENSION].registry.model("iris").default_version == "2"

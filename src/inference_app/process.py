@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from flask import Flask
@@ -81,18 +82,15 @@ def reload(holder: Any) -> tuple[bool, str]:
     """
     from inference_app import create_app
     from inference_app.config import ConfigError
-    from inference_app.core.errors import BundleError
+    from inference_app.core.errors import BundleError, RefusedBundlesError
 
     old: Flask = holder.wsgi()
     try:
         new = create_app(instance_path=old.instance_path)
     except (BundleError, ConfigError) as error:
         metrics.RELOADS.labels("failure").inc()
-        registry = old.extensions[EXTENSION].registry
-        try:  # records the refusal, by model, in the old registry, which keeps its models
-            registry.load()
-        except BundleError:
-            pass
+        if isinstance(error, RefusedBundlesError):  # shown with the models that keep serving
+            old.extensions[EXTENSION].registry.load_errors = MappingProxyType(error.by_model)
         return False, f"reload failed, the previous models keep serving: {error}"
     holder.callable = new
     metrics.RELOADS.labels("success").inc()

@@ -14,6 +14,18 @@ class BundleError(InferenceAppError):
     """A model bundle cannot be written, read, verified or loaded."""
 
 
+class RefusedBundlesError(BundleError):
+    """Some bundles of a models folder were refused.
+
+    :param message: every refused folder and why.
+    :param by_model: why, by model name: ``{"iris": ["version 3: ... sha256 ..."]}``.
+    """
+
+    def __init__(self, message: str, by_model: Mapping[str, list[str]]) -> None:
+        super().__init__(message)
+        self.by_model = by_model
+
+
 class ModelNotFoundError(InferenceAppError):
     """No model, or no version of a model, has the requested name."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from inference_app.core.bundle import Bundle, load_bundle
-from inference_app.core.errors import BundleError, ModelNotFoundError
+from inference_app.core.errors import BundleError, ModelNotFoundError, RefusedBundlesError
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Registry:
 
         A failure is also kept in :attr:`load_errors`, by model, until the next good load.
 
-        :raises BundleError: listing every refused folder and why.
+        :raises RefusedBundlesError: listing every refused folder and why.
         """
         found = discover(self.models_dir, strict_sklearn_version=self.strict_sklearn_version)
         refused = [item for item in found if item.error]
@@ -134,7 +134,7 @@ class Registry:
                 errors.setdefault(item.name, []).append(f"version {item.version}: {reason}")
             self.load_errors = MappingProxyType(errors)
             lines = [f"{item.path}: {item.error}" for item in refused]
-            raise BundleError("refused model bundles:\n  " + "\n  ".join(lines))
+            raise RefusedBundlesError("refused model bundles:\n  " + "\n  ".join(lines), errors)
         grouped: dict[str, dict[str, Bundle]] = {}
         for item in found:
             if item.bundle is None:  # refused items raised above
