@@ -120,8 +120,8 @@ class Collector(multiprocess.MultiProcessCollector):
 def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
     """Return a registry that merges the samples every process wrote under ``path``.
 
-    ``path`` defaults to ``$PROMETHEUS_MULTIPROC_DIR``. Raises ``ValueError`` when it is not a
-    directory.
+    :param path: the metrics folder; default ``$PROMETHEUS_MULTIPROC_DIR``.
+    :raises ValueError: ``path`` is not a directory.
     """
     registry = CollectorRegistry()
     Collector(registry, path=path)

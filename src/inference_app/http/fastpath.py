@@ -26,6 +26,7 @@ from inference_app import metrics
 from inference_app.http import observe, security
 from inference_app.http.api import EXTENSION, SEGMENT, Services, check_depth
 from inference_app.http.schemas import PredictRequestSchema, PredictResponseSchema
+from inference_app.http.v1 import batch_response
 
 #: The ``:predict`` routes taken, with the route label each is counted under (as Flask's).
 PREDICT_PATH = re.compile(
@@ -119,15 +120,8 @@ class FastPath:
                 name, request["instances"], version=version, method=request["method"]
             )
             serialising = time.perf_counter()
-            response: dict[str, Any] = {
-                "model_name": prediction.model_name,
-                "model_version": prediction.model_version,
-                "method": prediction.method,
-                "predictions": prediction.outputs,
-            }
-            if prediction.classes is not None:
-                response["classes"] = prediction.classes
-            payload = orjson.dumps(self.response_schema.dump(response), option=self.json_options)
+            response = self.response_schema.dump(batch_response(prediction))
+            payload = orjson.dumps(response, option=self.json_options)
         except Exception:  # any error: Flask answers it, in the route's words, and logs a bug
             return None
         finished = time.perf_counter()

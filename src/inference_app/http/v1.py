@@ -86,7 +86,7 @@ class Predict(MethodView):
         name; choose `method`: predict, predict_proba or decision_function. Without a
         version, the model's highest version answers.
         """
-        return _batch_response(_predict(name, version, body["instances"], body["method"]))
+        return batch_response(_predict(name, version, body["instances"], body["method"]))
 
 
 @blp.route("/predict")
@@ -102,7 +102,7 @@ class PredictOne(MethodView):
         The default model is the `DEFAULT_MODEL` setting, else the first model by name.
         """
         prediction = _predict(default_model_name(), None, [body["instance"]], body["method"])
-        response = _batch_response(prediction)
+        response = batch_response(prediction)
         response["prediction"] = response.pop("predictions")[0]
         return response
 
@@ -113,7 +113,8 @@ def _predict(name: str, version: str | None, instances: list[Any], method: str) 
     return prediction
 
 
-def _batch_response(prediction: Prediction) -> dict[str, Any]:
+def batch_response(prediction: Prediction) -> dict[str, Any]:
+    """Return the ``:predict`` answer for ``prediction``, before PredictResponseSchema."""
     response: dict[str, Any] = {
         "model_name": prediction.model_name,
         "model_version": prediction.model_version,
