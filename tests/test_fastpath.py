@@ -1,4 +1,5 @@
-"""The fast path of ``:predict``: the same answers, metrics and log lines as the Flask route."""
+"""The fast path of ``:predict`` and V2 ``infer``: the same answers, metrics and log lines as
+the Flask routes."""
 
 from __future__ import annotations
 
@@ -91,6 +92,69 @@ SUCCESSES = [
     ("/v1/models/diabetes:predict", {"instances": records("diabetes")}),
 ]
 
+
+def tensor(model: str, datatype: str = "FP64", nested: bool = False) -> dict[str, Any]:
+    """Every row of a demo dataset as one V2 input tensor ``[n_samples, n_features]``."""
+    data = np.asarray(load_demo_data(model)[0])
+    values = data.tolist() if nested else data.ravel().tolist()
+    return {"name": "input-0", "shape": list(data.shape), "datatype": datatype, "data": values}
+
+
+def feature_tensors(model: str) -> list[dict[str, Any]]:
+    """Every row of a demo dataset as one V2 tensor ``[n_samples]`` per feature."""
+    data, _, names = load_demo_data(model)
+    columns = np.asarray(data).T.tolist()
+    return [
+        {"name": name, "shape": [len(column)], "datatype": "FP64", "data": column}
+        for name, column in zip(names, columns, strict=True)
+    ]
+
+
+def binary(model: str) -> bytes:
+    """Every row of a demo dataset as a V2 request with binary tensor data (tritonclient's)."""
+    raw = np.ascontiguousarray(load_demo_data(model)[0], dtype="<f8")
+    request = {
+        "inputs": [
+            {
+                "name": "input-0",
+                "shape": list(raw.shape),
+                "datatype": "FP64",
+                "parameters": {"binary_data_size": raw.nbytes},
+            }
+        ],
+        "outputs": [{"name": "predict_proba", "parameters": {"binary_data": False}}],
+    }
+    header = orjson.dumps(request)
+    return str(len(header)).encode() + b"|" + header + raw.tobytes()
+
+
+INFER = "/v2/models/iris/infer"
+V2_SUCCESSES = [
+    (INFER, {"inputs": [tensor("iris")]}),
+    (INFER, {"inputs": [tensor("iris", nested=True)], "id": "request-7"}),
+    (INFER, {"inputs": feature_tensors("iris"), "outputs": [{"name": "predict_proba"}]}),
+    (
+        INFER,
+        {"inputs": [tensor("iris")], "outputs": [{"name": "predict"}, {"name": "predict_proba"}]},
+    ),
+    (INFER, {"inputs": [tensor("iris", "FP32")], "parameters": {"content_type": "np"}}),
+    ("/v2/models/iris/versions/1/infer", {"inputs": [tensor("iris")]}),
+    ("/v2/models/breast_cancer/infer", {"inputs": [tensor("breast_cancer")]}),
+    ("/v2/models/diabetes/infer", {"inputs": [tensor("diabetes")]}),
+]
+V2_FAILURES = [
+    (INFER, b"{not json"),
+    (INFER, {"inputs": []}),
+    (INFER, {"inputs": [{**tensor("iris"), "shape": [150, 3]}]}),
+    (INFER, {"inputs": [{**tensor("iris"), "datatype": "FP128"}]}),
+    (INFER, {"inputs": [tensor("iris")], "outputs": [{"name": "transform"}]}),
+    (
+        "/v2/models/diabetes/infer",
+        {"inputs": [tensor("diabetes")], "outputs": [{"name": "predict_proba"}]},
+    ),
+    ("/v2/models/nope/infer", {"inputs": [tensor("iris")]}),
+]
+
 FAILURES = [
     ("/v1/models/iris:predict", b"{not json"),
     ("/v1/models/iris:predict", b'{"instances": [[NaN, 1, 2, 3]]}'),
@@ -108,7 +172,7 @@ FAILURES = [
 ]
 
 
-@pytest.mark.parametrize(("path", "body"), SUCCESSES)
+@pytest.mark.parametrize(("path", "body"), SUCCESSES + V2_SUCCESSES)
 def test_the_fast_path_answers_exactly_as_the_flask_route(
     app: Flask, path: str, body: dict[str, Any]
 ) -> None:
@@ -118,7 +182,7 @@ def test_the_fast_path_answers_exactly_as_the_flask_route(
     assert spy.answered == 1
 
 
-@pytest.mark.parametrize(("path", "body"), FAILURES)
+@pytest.mark.parametrize(("path", "body"), FAILURES + V2_FAILURES)
 def test_every_error_is_left_to_the_flask_route(app: Flask, path: str, body: Any) -> None:
     fast, slow, spy = clients(app)
 
@@ -149,6 +213,42 @@ def test_other_requests_are_left_to_flask(app: Flask, kwargs: dict[str, Any]) ->
     assert answers[0].status_code == answers[1].status_code
     assert answers[0].get_data() == answers[1].get_data()
     assert spy.answered == 0
+
+
+@pytest.mark.parametrize("content_type", [None, "application/octet-stream"])
+def test_v2_takes_bodies_without_a_json_content_type_as_flask_does(
+    app: Flask, content_type: str | None
+) -> None:
+    fast, slow, spy = clients(app)
+    body = {"inputs": [tensor("iris")]}
+
+    answers = [post(client, INFER, body, content_type=content_type) for client in (fast, slow)]
+    assert answers[0].status_code == 200
+    assert_same(*answers)
+    assert spy.answered == 1
+
+
+def test_v2_binary_tensor_data_as_tritonclient_sends_it(app: Flask) -> None:
+    fast, slow, spy = clients(app)
+    length, _, body = binary("iris").partition(b"|")
+    headers = {"Inference-Header-Content-Length": length.decode()}
+
+    answers = [
+        post(client, INFER, body, content_type=None, headers=headers) for client in (fast, slow)
+    ]
+    assert answers[0].status_code == 200
+    assert_same(*answers)
+    assert spy.answered == 1
+    probabilities = np.array(answers[0].get_json()["outputs"][0]["data"]).reshape(150, 3)
+    assert np.allclose(probabilities.sum(axis=1), 1.0)
+
+    wrong = {"Inference-Header-Content-Length": str(int(length) + 10**6)}
+    answers = [
+        post(client, INFER, body, content_type=None, headers=wrong) for client in (fast, slow)
+    ]
+    assert answers[0].status_code == 400
+    assert_same(*answers)
+    assert spy.answered == 1
 
 
 def test_a_chunked_body_is_left_to_flask(app: Flask) -> None:
@@ -205,20 +305,41 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+ACCOUNTED = [
+    (
+        "/v1/models/iris/versions/1:predict",
+        {"instances": rows("iris")[:5], "method": "predict_proba"},
+        "native",
+        "/v1/models/<name>/versions/<version>:predict",
+    ),
+    (
+        "/v2/models/iris/versions/1/infer",
+        {"inputs": [{**tensor("iris"), "shape": [5, 4], "data": tensor("iris")["data"][:20]}]},
+        "v2",
+        "/v2/models/<name>/versions/<version>/infer",
+    ),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "protocol", "rule"), ACCOUNTED)
 def test_metrics_and_the_access_line_match_the_flask_route(
-    app: Flask, caplog: pytest.LogCaptureFixture
+    app: Flask,
+    caplog: pytest.LogCaptureFixture,
+    path: str,
+    body: dict[str, Any],
+    protocol: str,
+    rule: str,
 ) -> None:
     fast, slow, spy = clients(app)
-    body = {"instances": rows("iris")[:5], "method": "predict_proba"}
-    labels = {"protocol": "native", "model": "iris", "version": "1"}
-    route = {**labels, "route": "/v1/models/<name>/versions/<version>:predict"}
+    labels = {"protocol": protocol, "model": "iris", "version": "1"}
+    route = {**labels, "route": rule}
     counted = {
         "requests": ("inference_app_requests_total", {**route, "status_class": "2xx"}),
         "durations": ("inference_app_request_duration_seconds_count", route),
         "rows": ("inference_app_rows_predicted_total", labels),
         "stages": (
             "inference_app_stage_duration_seconds_count",
-            {"protocol": "native", "stage": "predict"},
+            {"protocol": protocol, "stage": "predict"},
         ),
     }
 
@@ -227,7 +348,7 @@ def test_metrics_and_the_access_line_match_the_flask_route(
         before = {key: sample(name, **wanted) for key, (name, wanted) in counted.items()}
         caplog.clear()
         with caplog.at_level(logging.INFO, logger=ACCESS_LOGGER):
-            assert post(client, "/v1/models/iris/versions/1:predict", body).status_code == 200
+            assert post(client, path, body).status_code == 200
         after = {key: sample(name, **wanted) for key, (name, wanted) in counted.items()}
         assert {key: after[key] - before[key] for key in counted} == {
             "requests": 1,

@@ -1,14 +1,16 @@
-"""The hot path of native predictions: ``:predict`` answered without Flask's per-request work.
+"""The hot path of predictions: ``:predict`` and V2 ``infer`` answered without Flask's work.
 
-A successful ``POST /v1/models/<name>[/versions/<version>]:predict`` is most of a server's
-traffic, and Flask's request and app contexts, routing, hooks and flask-smorest's wrappers
-cost more than the prediction itself (bench/RESULTS.md). :class:`FastPath` answers such a
-request straight from the WSGI environ with the same schemas, runtime, metrics, access log
-line and headers as the Flask route, so its answer is byte for byte the route's (tests check
-this). Anything else falls through to Flask before any answer is written: another route, a
-body that is not JSON or has no ``Content-Length``, a missing or wrong API key, a full
-concurrency cap, CORS, or any error at all. The Flask route then answers from the start (the
-body read here is handed back), so every error keeps its one implementation in ``errors.py``.
+Successful predictions are most of a server's traffic, and Flask's request and app contexts,
+routing, hooks and flask-smorest's wrappers cost more than the prediction itself
+(bench/RESULTS.md). :class:`FastPath` answers a successful
+``POST /v1/models/<name>[/versions/<version>]:predict`` or
+``POST /v2/models/<name>[/versions/<version>]/infer`` straight from the WSGI environ with the
+same schemas, runtime, metrics, access log line and headers as the Flask route, so its answer
+is byte for byte the route's (tests check this). Anything else falls through to Flask before
+any answer is written: another route, a body without ``Content-Length`` (or, for ``:predict``,
+not JSON), a missing or wrong API key, a full concurrency cap, CORS, or any error at all. The
+Flask route then answers from the start (the body read here is handed back), so every error
+keeps its one implementation in ``errors.py``.
 """
 
 from __future__ import annotations
@@ -17,30 +19,116 @@ import io
 import re
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from flask import Flask
 
 from inference_app import metrics
-from inference_app.http import observe, security
+from inference_app.core.runtime import Runtime
+from inference_app.http import observe, security, v2
 from inference_app.http.api import EXTENSION, SEGMENT, Services, check_depth
 from inference_app.http.schemas import PredictRequestSchema, PredictResponseSchema
 from inference_app.http.v1 import batch_response
 
-#: The ``:predict`` routes taken, with the route label each is counted under (as Flask's).
-PREDICT_PATH = re.compile(
-    rf"/v1/models/(?P<name>{SEGMENT})(?:/versions/(?P<version>{SEGMENT}))?:predict"
-)
-ROUTES = {
-    False: "/v1/models/<name>:predict",
-    True: "/v1/models/<name>/versions/<version>:predict",
-}
 StartResponse = Callable[..., Any]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A prediction's answer and what the metrics and the access line say of it."""
+
+    body: dict[str, Any]
+    model: str
+    version: str
+    rows: int
+    timings: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route the fast path answers.
+
+    :param pattern: the path, with groups ``name`` and ``version`` (optional).
+    :param protocol: the protocol label of its metrics, as the Flask route's.
+    :param labels: the route label without and with a version, as the Flask route's.
+    :param json_only: whether only ``Content-Type: application/json`` bodies are taken (the
+        V2 route takes bodies without one: ``tritonclient`` sends none).
+    :param parse: the body's bytes and the request environ to the loaded JSON.
+    :param answer: the runtime, name, version and loaded JSON to the answer.
+    """
+
+    pattern: re.Pattern[str]
+    protocol: str
+    labels: tuple[str, str]
+    json_only: bool
+    parse: Callable[[bytes, dict[str, Any], Callable[[bytes], Any]], Any]
+    answer: Callable[[Runtime, str, str | None, Any], Answer]
+
+
+_predict_request, _predict_response = PredictRequestSchema(), PredictResponseSchema()
+_infer_request, _infer_response = v2.InferRequestSchema(), v2.InferResponseSchema()
+
+
+def _predict(runtime: Runtime, name: str, version: str | None, data: Any) -> Answer:
+    request = _predict_request.load(data)
+    prediction = runtime.predict(
+        name, request["instances"], version=version, method=request["method"]
+    )
+    return Answer(
+        body=_predict_response.dump(batch_response(prediction)),
+        model=prediction.model_name,
+        version=prediction.model_version,
+        rows=prediction.rows,
+        timings=prediction.timings,
+    )
+
+
+def _infer(runtime: Runtime, name: str, version: str | None, data: Any) -> Answer:
+    response, predictions, validate_seconds = v2.infer(
+        runtime, name, version, _infer_request.load(data)
+    )
+    return Answer(
+        body=_infer_response.dump(response),
+        model=response["model_name"],
+        version=response["model_version"],
+        rows=predictions[0].rows,
+        timings={
+            "validate": validate_seconds,
+            "predict": sum(prediction.timings["predict"] for prediction in predictions),
+        },
+    )
+
+
+ROUTES = (
+    Route(
+        pattern=re.compile(
+            rf"/v1/models/(?P<name>{SEGMENT})(?:/versions/(?P<version>{SEGMENT}))?:predict"
+        ),
+        protocol="native",
+        labels=("/v1/models/<name>:predict", "/v1/models/<name>/versions/<version>:predict"),
+        json_only=True,
+        parse=lambda body, environ, loads: loads(body),
+        answer=_predict,
+    ),
+    Route(
+        pattern=re.compile(
+            rf"/v2/models/(?P<name>{SEGMENT})(?:/versions/(?P<version>{SEGMENT}))?/infer"
+        ),
+        protocol="v2",
+        labels=("/v2/models/<name>/infer", "/v2/models/<name>/versions/<version>/infer"),
+        json_only=False,
+        parse=lambda body, environ, loads: v2.read_infer_body(
+            body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), loads
+        ),
+        answer=_infer,
+    ),
+)
+
+
 class FastPath:
-    """Answer successful ``:predict`` requests of ``app``; see the module docstring.
+    """Answer successful predictions of ``app``; see the module docstring.
 
     :param app: the app, with its services, security guard and JSON provider in place.
     """
@@ -52,9 +140,7 @@ class FastPath:
         self.max_content_length: int = app.config["MAX_CONTENT_LENGTH"]
         self.max_depth: int = app.config["MAX_JSON_DEPTH"]
         # CORS adds headers by the request's Origin: that stays with flask-cors.
-        self.enabled = not app.config["CORS_ORIGINS"]
-        self.request_schema = PredictRequestSchema()
-        self.response_schema = PredictResponseSchema()
+        self.routes = () if app.config["CORS_ORIGINS"] else ROUTES
         self.json_options: int = app.json.options  # type: ignore[attr-defined]
 
     def __call__(
@@ -64,8 +150,14 @@ class FastPath:
 
         When it returns ``None``, ``environ["wsgi.input"]`` still holds the whole body.
         """
-        match = PREDICT_PATH.fullmatch(environ.get("PATH_INFO", ""))
-        if match is None or not self.enabled or not self._admissible(environ):
+        path = environ.get("PATH_INFO", "")
+        for route in self.routes:
+            match = route.pattern.fullmatch(path)
+            if match is not None:
+                break
+        else:
+            return None
+        if not self._admissible(environ, route):
             return None
         started = time.perf_counter()
         semaphore = self.guard.semaphore  # taken before the body is read, as Flask's hook does
@@ -78,7 +170,9 @@ class FastPath:
                 body = environ["wsgi.input"].read(length)
             except Exception:  # the client went away: Flask answers as for a short body
                 body = b""
-            answer = self._answer(environ, match, body, started) if len(body) == length else None
+            answer = None
+            if len(body) == length:
+                answer = self._answer(environ, route, match, body, started)
         finally:
             metrics.IN_FLIGHT.dec()
             if semaphore is not None:
@@ -90,14 +184,15 @@ class FastPath:
         start_response("200 OK", headers)
         return [payload]
 
-    def _admissible(self, environ: dict[str, Any]) -> bool:
-        """Whether the request has a JSON body of known, allowed size and, if keys are asked
-        for, an accepted key."""
-        mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+    def _admissible(self, environ: dict[str, Any], route: Route) -> bool:
+        """Whether the request has a body of known, allowed size (JSON if the route asks)
+        and, if keys are asked for, an accepted key."""
+        if route.json_only:
+            mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
+            if mimetype != "application/json":
+                return False
         length = environ.get("CONTENT_LENGTH", "")
-        if mimetype != "application/json" or not length.isdigit():
-            return False
-        if not 0 < int(length) <= self.max_content_length:
+        if not length.isdigit() or not 0 < int(length) <= self.max_content_length:
             return False
         if not self.guard.digests:
             return True
@@ -106,22 +201,28 @@ class FastPath:
         )
         return key is not None and self.guard.accepts(key)
 
+    def _loads(self, body: bytes) -> Any:
+        """Parse JSON (orjson only: what it refuses, Flask's parser words) within the depth."""
+        data = orjson.loads(body)
+        check_depth(data, self.max_depth)
+        return data
+
     def _answer(
-        self, environ: dict[str, Any], match: re.Match[str], body: bytes, started: float
+        self,
+        environ: dict[str, Any],
+        route: Route,
+        match: re.Match[str],
+        body: bytes,
+        started: float,
     ) -> tuple[bytes, list[tuple[str, str]]] | None:
         """Predict and serialise, or return ``None`` on any error (Flask answers it)."""
         try:
-            data = orjson.loads(body)
-            check_depth(data, self.max_depth)
+            data = route.parse(body, environ, self._loads)
             parsed = time.perf_counter()
-            request = self.request_schema.load(data)
             name, version = match.group("name", "version")
-            prediction = self.runtime.predict(
-                name, request["instances"], version=version, method=request["method"]
-            )
+            answer = route.answer(self.runtime, name, version, data)
             serialising = time.perf_counter()
-            response = self.response_schema.dump(batch_response(prediction))
-            payload = orjson.dumps(response, option=self.json_options)
+            payload = orjson.dumps(answer.body, option=self.json_options)
         except Exception:  # any error: Flask answers it, in the route's words, and logs a bug
             return None
         finished = time.perf_counter()
@@ -134,20 +235,22 @@ class FastPath:
             ("Cache-Control", "no-store"),
             ("Content-Security-Policy", security.API_POLICY),
         ]
-        stages = {"parse": parsed - started, **prediction.timings}
-        stages["serialise"] = finished - serialising
         observe.account(
             request_id=request_id,
             method="POST",
             path=environ["PATH_INFO"],
-            route=ROUTES[version is not None],
-            kind="native",
+            route=route.labels[version is not None],
+            kind=route.protocol,
             status=200,
-            model=prediction.model_name,
-            version=prediction.model_version,
-            rows=prediction.rows,
+            model=answer.model,
+            version=answer.version,
+            rows=answer.rows,
             duration=finished - started,
-            stages=stages,
+            stages={
+                "parse": parsed - started,
+                **answer.timings,
+                "serialise": finished - serialising,
+            },
             remote_addr=environ.get("REMOTE_ADDR"),
             user_agent=environ.get("HTTP_USER_AGENT"),
         )

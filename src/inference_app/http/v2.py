@@ -7,6 +7,7 @@ health and metadata, and inference; plus Triton's binary tensor data extension f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from flask import Request
@@ -17,6 +18,7 @@ from webargs.flaskparser import abort
 from inference_app import __version__
 from inference_app.core import tensors
 from inference_app.core.bundle import METHODS, Bundle
+from inference_app.core.runtime import Prediction, Runtime
 from inference_app.http import observe
 from inference_app.http.api import (
     Blueprint,
@@ -37,15 +39,25 @@ class InferBodyParser(JSONBodyParser):
     sends none), optionally followed by binary tensor data."""
 
     def _raw_load_json(self, req: Request) -> Any:
-        body = req.get_data(cache=True)
-        header = req.headers.get(HEADER_LENGTH)
-        if header is None:
-            return load_json(body)
-        if not header.isdigit() or int(header) > len(body):
-            abort(400, message=f"{HEADER_LENGTH} must be a byte count within the body")
-        request = load_json(body[: int(header)])
-        _attach_binary_data(request, body[int(header) :])
-        return request
+        return read_infer_body(req.get_data(cache=True), req.headers.get(HEADER_LENGTH), load_json)
+
+
+def read_infer_body(body: bytes, header: str | None, loads: Callable[[bytes], Any]) -> Any:
+    """Parse an inference request: all JSON, or ``header`` bytes of JSON then binary tensor
+    data (Triton's binary tensor data extension).
+
+    :param header: the ``Inference-Header-Content-Length`` header, if sent.
+    :param loads: the JSON parser.
+    :raises werkzeug.exceptions.BadRequest: the header or a ``binary_data_size`` does not fit
+        the body.
+    """
+    if header is None:
+        return loads(body)
+    if not header.isdigit() or int(header) > len(body):
+        abort(400, message=f"{HEADER_LENGTH} must be a byte count within the body")
+    request = loads(body[: int(header)])
+    _attach_binary_data(request, body[int(header) :])
+    return request
 
 
 def _attach_binary_data(request: Any, binary: bytes) -> None:
@@ -287,35 +299,53 @@ class ModelInfer(MethodView):
         Outputs are named after the methods: `predict` (the default), `predict_proba`,
         `decision_function`; each output's `parameters.classes` labels its columns.
         """
-        runtime = get_runtime()
-        methods = [output["name"] for output in body.get("outputs") or []] or ["predict"]
-        bundle = runtime.serving(name, version, methods[0])
-        for method in methods[1:]:
-            runtime.serving(name, version, method)
-        started = time.perf_counter()
-        matrix = tensors.to_matrix(
-            body["inputs"],
-            bundle.manifest.inputs,
-            max_rows=runtime.max_rows,
-            allow_nan=bundle.manifest.allow_nan,
-        )
-        record_stage("validate", time.perf_counter() - started)
-        outputs = []
-        for method in methods:
-            prediction = runtime.predict_matrix(bundle, matrix, method)
+        response, predictions, validate_seconds = infer(get_runtime(), name, version, body)
+        record_stage("validate", validate_seconds)
+        for prediction in predictions:
             observe.note_prediction(prediction)
-            output = tensors.encode_output(method, prediction.outputs, prediction.shape)
-            if prediction.classes is not None:
-                output["parameters"] = {"classes": prediction.classes}
-            outputs.append(output)
-        response: dict[str, Any] = {
-            "model_name": bundle.name,
-            "model_version": bundle.version,
-            "outputs": outputs,
-        }
-        if "id" in body:
-            response["id"] = body["id"]
         return response
+
+
+def infer(
+    runtime: Runtime, name: str, version: str | None, body: dict[str, Any]
+) -> tuple[dict[str, Any], list[Prediction], float]:
+    """Answer an inference request loaded by :class:`InferRequestSchema`.
+
+    :returns: the response (before :class:`InferResponseSchema`), one prediction per
+        requested output, and the seconds spent decoding and checking the input tensors.
+    :raises ModelNotFoundError: no such model or version.
+    :raises ModelNotReadyError: the model is not warmed up in this process.
+    :raises MethodNotAvailableError: an output names a method the estimator lacks.
+    :raises InvalidInputError: the tensors do not fit the model's inputs.
+    """
+    methods = [output["name"] for output in body.get("outputs") or []] or ["predict"]
+    bundle = runtime.serving(name, version, methods[0])
+    for method in methods[1:]:
+        runtime.serving(name, version, method)
+    started = time.perf_counter()
+    matrix = tensors.to_matrix(
+        body["inputs"],
+        bundle.manifest.inputs,
+        max_rows=runtime.max_rows,
+        allow_nan=bundle.manifest.allow_nan,
+    )
+    validate_seconds = time.perf_counter() - started
+    outputs, predictions = [], []
+    for method in methods:
+        prediction = runtime.predict_matrix(bundle, matrix, method)
+        output = tensors.encode_output(method, prediction.outputs, prediction.shape)
+        if prediction.classes is not None:
+            output["parameters"] = {"classes": prediction.classes}
+        outputs.append(output)
+        predictions.append(prediction)
+    response: dict[str, Any] = {
+        "model_name": bundle.name,
+        "model_version": bundle.version,
+        "outputs": outputs,
+    }
+    if "id" in body:
+        response["id"] = body["id"]
+    return response, predictions, validate_seconds
 
 
 def _output_metadata(bundle: Bundle, method: str) -> dict[str, Any]:
