@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
+from sklearn.linear_model import LogisticRegression
 
 from inference_app import create_app
-from inference_app.demo import write_demo_bundles
+from inference_app.core.bundle import load_bundle, write_bundle
+from inference_app.demo import DEMO_VERSION, DEMOS, load_demo_data, write_demo_bundles
 
 
 @pytest.fixture(scope="session")
@@ -28,6 +31,31 @@ def demo_instance(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def app(demo_instance: Path) -> Iterator[Flask]:
     """The app over the demo bundles, warmed up, in testing mode."""
     yield create_app({"TESTING": True}, instance_path=demo_instance)
+
+
+@pytest.fixture
+def cold_app(demo_instance: Path) -> Iterator[Flask]:
+    """An app whose models wait for :func:`inference_app.process.warm_up`."""
+    yield create_app({"TESTING": True, "WARM_UP": "post_fork"}, instance_path=demo_instance)
+
+
+@pytest.fixture(scope="session")
+def demo_estimators(demo_instance: Path) -> dict[str, Any]:
+    """The demo estimators as loaded from their bundles, for in-process predictions."""
+    models = demo_instance / "models"
+    return {name: load_bundle(models / name / DEMO_VERSION).estimator for name in DEMOS}
+
+
+@pytest.fixture
+def new_iris_version() -> Callable[[Path, str], None]:
+    """Write another iris version, fitted with other settings, into a models folder."""
+
+    def write(models: Path, version: str) -> None:
+        rows, target, names = load_demo_data("iris")
+        model = LogisticRegression(C=0.5, max_iter=1000).fit(rows, target)
+        write_bundle(model, rows, models, "iris", version, feature_names=names)
+
+    return write
 
 
 @pytest.fixture

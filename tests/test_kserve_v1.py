@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +10,12 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from inference_app import create_app, process
+from inference_app import process
 from inference_app.core.bundle import load_bundle
 from inference_app.demo import load_demo_data
 
 NAMES = ["breast_cancer", "diabetes", "iris"]
 SETOSA = [5.1, 3.5, 1.4, 0.2]
-
-
-@pytest.fixture
-def cold_app(demo_instance: Path) -> Iterator[Flask]:
-    """An app whose models wait for :func:`inference_app.process.warm_up`."""
-    yield create_app({"TESTING": True, "WARM_UP": "post_fork"}, instance_path=demo_instance)
 
 
 def assert_envelope(response: Any, status: int) -> dict[str, Any]:

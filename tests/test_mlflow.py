@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,7 +15,6 @@ from flask.testing import FlaskClient
 from sklearn import datasets
 
 from inference_app import __version__, create_app, process
-from inference_app.core.bundle import load_bundle
 
 LOADERS: dict[str, Callable[..., Any]] = {
     "iris": datasets.load_iris,
@@ -33,18 +32,6 @@ CSV = "text/csv"
 def server(demo_instance: Path) -> FlaskClient:
     """A client of one app shared by the module, so errors are seen not to disturb it."""
     return create_app({"TESTING": True}, instance_path=demo_instance).test_client()
-
-
-@pytest.fixture
-def cold_app(demo_instance: Path) -> Iterator[Flask]:
-    """An app whose models wait for :func:`inference_app.process.warm_up`."""
-    yield create_app({"TESTING": True, "WARM_UP": "post_fork"}, instance_path=demo_instance)
-
-
-@pytest.fixture(scope="module")
-def estimators(demo_instance: Path) -> dict[str, Any]:
-    """The demo estimators as loaded from their bundles, for in-process predictions."""
-    return {name: load_bundle(demo_instance / "models" / name / "1").estimator for name in LOADERS}
 
 
 def frame(name: str) -> pd.DataFrame:
@@ -139,22 +126,22 @@ def test_version(server: FlaskClient) -> None:
 @pytest.mark.parametrize("body_format", list(FORMATS))
 @pytest.mark.parametrize("name", list(LOADERS))
 def test_invocations_match_in_process(
-    server: FlaskClient, estimators: dict[str, Any], name: str, body_format: str
+    server: FlaskClient, demo_estimators: dict[str, Any], name: str, body_format: str
 ) -> None:
     df = frame(name)
     data, content_type = FORMATS[body_format](df)
-    expected = estimators[name].predict(df.to_numpy())
+    expected = demo_estimators[name].predict(df.to_numpy())
     assert_predictions(invoke(server, data, content_type, name), expected)
 
 
 def test_the_default_model_is_the_configured_one(
-    server: FlaskClient, estimators: dict[str, Any]
+    server: FlaskClient, demo_estimators: dict[str, Any]
 ) -> None:
     df = frame("iris")
     data, content_type = FORMATS["dataframe_split"](df)
     # instance/config.py, which conftest copies, sets DEFAULT_MODEL = "iris".
     assert_predictions(
-        invoke(server, data, content_type), estimators["iris"].predict(df.to_numpy())
+        invoke(server, data, content_type), demo_estimators["iris"].predict(df.to_numpy())
     )
 
 
@@ -167,11 +154,11 @@ def test_the_default_model_is_the_configured_one(
     ],
 )
 def test_content_type_parameters_are_accepted(
-    server: FlaskClient, estimators: dict[str, Any], body_format: str, content_type: str
+    server: FlaskClient, demo_estimators: dict[str, Any], body_format: str, content_type: str
 ) -> None:
     df = frame("breast_cancer")
     data, _ = FORMATS[body_format](df)
-    expected = estimators["breast_cancer"].predict(df.to_numpy())
+    expected = demo_estimators["breast_cancer"].predict(df.to_numpy())
     assert_predictions(invoke(server, data, content_type, "breast_cancer"), expected)
 
 
@@ -321,11 +308,11 @@ def test_error_matrix(server: FlaskClient, case: Case) -> None:
 
 
 def test_the_server_still_answers_after_the_matrix(
-    server: FlaskClient, estimators: dict[str, Any]
+    server: FlaskClient, demo_estimators: dict[str, Any]
 ) -> None:
     df = frame("iris")
     data, content_type = FORMATS["csv with index"](df)
     assert_predictions(
-        invoke(server, data, content_type), estimators["iris"].predict(df.to_numpy())
+        invoke(server, data, content_type), demo_estimators["iris"].predict(df.to_numpy())
     )
     assert server.get("/ping").status_code == 200

@@ -7,7 +7,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,10 +17,8 @@ import pytest
 import requests
 import sklearn
 from prometheus_client.parser import text_string_to_metric_families
-from sklearn.linear_model import LogisticRegression
 
-from inference_app.core.bundle import write_bundle
-from inference_app.demo import load_demo_data, write_demo_bundles
+from inference_app.demo import write_demo_bundles
 from servers import (
     REQUEST_TIMEOUT,
     START_TIMEOUT,
@@ -190,20 +188,13 @@ class Load:
         self.pool.shutdown(wait=True)
 
 
-def new_iris_version(models: Path, version: str) -> None:
-    """Write another iris version, fitted with other settings, into ``models``."""
-    rows, target, names = load_demo_data("iris")
-    model = LogisticRegression(C=0.5, max_iter=1000).fit(rows, target)
-    write_bundle(model, rows, models, "iris", version, feature_names=names)
-
-
 def served_version(server: Server) -> str:
     """Return the version that answers a default-version iris request now."""
     return str(post(server, {"instances": SETOSA}).json()["model_version"])
 
 
 def test_hup_swaps_in_a_new_version_and_keeps_the_old_one_on_a_bad_bundle(
-    launch: Any, instance: Path
+    launch: Any, instance: Path, new_iris_version: Callable[[Path, str], None]
 ) -> None:
     server = launch(instance)
     models = instance / "models"

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
-from sklearn.linear_model import LogisticRegression
 
 from inference_app import create_app
 from inference_app.core import registry as registry_module
-from inference_app.core.bundle import load_bundle, write_bundle
-from inference_app.demo import load_demo_data
+from inference_app.core.bundle import load_bundle
 from inference_app.http.api import EXTENSION
 from inference_app.process import available_cpus, cpu_share, reload
 
@@ -52,13 +51,6 @@ def test_each_worker_gets_its_share_and_at_least_one() -> None:
     assert cpu_share(10_000) == 1
 
 
-def new_iris_version(models: Path) -> None:
-    """Write iris version 2, fitted with other settings."""
-    rows, target, names = load_demo_data("iris")
-    model = LogisticRegression(C=0.5, max_iter=1000).fit(rows, target)
-    write_bundle(model, rows, models, "iris", "2", feature_names=names)
-
-
 class Holder:
     """What Gunicorn's ``server.app`` is to ``reload``: the preloaded app, replaceable."""
 
@@ -70,14 +62,17 @@ class Holder:
 
 
 def test_a_refused_reload_keeps_the_old_models_without_reading_them_again(
-    tmp_path: Path, demo_instance: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    demo_instance: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    new_iris_version: Callable[[Path, str], None],
 ) -> None:
     instance = tmp_path / "instance"
     shutil.copytree(demo_instance / "models", instance / "models")
     holder = Holder(create_app(instance_path=instance))
     registry = holder.callable.extensions[EXTENSION].registry
     before: dict[str, Any] = {b.name: b for b in registry.bundles()}
-    new_iris_version(instance / "models")
+    new_iris_version(instance / "models", "2")
     with (instance / "models" / "iris" / "2" / "model.joblib").open("ab") as handle:
         handle.write(b"tampered")
 
@@ -100,7 +95,7 @@ def test_a_refused_reload_keeps_the_old_models_without_reading_them_again(
     assert str(instance) not in error
 
     shutil.rmtree(instance / "models" / "iris" / "2")
-    new_iris_version(instance / "models")
+    new_iris_version(instance / "models", "2")
     reloaded, message = reload(holder)
 
     assert reloaded, message

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -13,7 +12,6 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from inference_app import __version__, create_app, process
-from inference_app.core.bundle import load_bundle
 from inference_app.demo import load_demo_data
 
 IRIS_NAMES = load_demo_data("iris")[2]
@@ -54,18 +52,6 @@ def cold(demo_instance: Path) -> FlaskClient:
     """A client of an app whose models are never warmed up (no Gunicorn ``post_fork``)."""
     app = create_app({"TESTING": True, "WARM_UP": "post_fork"}, instance_path=demo_instance)
     return app.test_client()
-
-
-@pytest.fixture
-def cold_app(demo_instance: Path) -> Iterator[Flask]:
-    """An app whose models wait for :func:`inference_app.process.warm_up`."""
-    yield create_app({"TESTING": True, "WARM_UP": "post_fork"}, instance_path=demo_instance)
-
-
-@pytest.fixture(scope="module")
-def estimators(demo_instance: Path) -> dict[str, Any]:
-    """The demo estimators as loaded from their bundles, for in-process predictions."""
-    return {name: load_bundle(demo_instance / "models" / name / "1").estimator for name in OUTPUTS}
 
 
 def tensor(
@@ -211,7 +197,7 @@ def test_model_ready(server: FlaskClient, url: str) -> None:
     ],
 )
 def test_infer_full_dataset_matches_in_process(
-    server: FlaskClient, estimators: dict[str, Any], name: str, method: str, layout: str
+    server: FlaskClient, demo_estimators: dict[str, Any], name: str, method: str, layout: str
 ) -> None:
     rows = load_demo_data(name)[0]
     data = rows.ravel().tolist() if layout == "flat" else rows.tolist()
@@ -224,7 +210,7 @@ def test_infer_full_dataset_matches_in_process(
     assert body["model_name"] == name and body["model_version"] == "1"
     assert body["id"] == f"{name}-{method}-{layout}"
     assert len(body["outputs"]) == 1
-    model = estimators[name]
+    model = demo_estimators[name]
     assert_output(body["outputs"][0], method, getattr(model, method)(rows), model)
 
 
@@ -233,18 +219,20 @@ def test_versioned_infer(server: FlaskClient) -> None:
     assert body["model_version"] == "1" and body["outputs"][0]["data"] == ["setosa"]
 
 
-def test_default_output_is_predict(server: FlaskClient, estimators: dict[str, Any]) -> None:
+def test_default_output_is_predict(server: FlaskClient, demo_estimators: dict[str, Any]) -> None:
     rows = load_demo_data("breast_cancer")[0]
     body = post(
         server, "/v2/models/breast_cancer/infer", {"inputs": [tensor(rows.tolist(), [569, 30])]}
     )
     assert "id" not in body
-    model = estimators["breast_cancer"]
+    model = demo_estimators["breast_cancer"]
     assert [output["name"] for output in body["outputs"]] == ["predict"]
     assert_output(body["outputs"][0], "predict", model.predict(rows), model)
 
 
-def test_several_outputs_in_one_request(server: FlaskClient, estimators: dict[str, Any]) -> None:
+def test_several_outputs_in_one_request(
+    server: FlaskClient, demo_estimators: dict[str, Any]
+) -> None:
     rows = load_demo_data("iris")[0]
     methods = ["predict_proba", "predict", "decision_function"]
     request = {
@@ -253,7 +241,7 @@ def test_several_outputs_in_one_request(server: FlaskClient, estimators: dict[st
     }
     body = post(server, IRIS_INFER, request)
     assert [output["name"] for output in body["outputs"]] == methods
-    model = estimators["iris"]
+    model = demo_estimators["iris"]
     for output, method in zip(body["outputs"], methods, strict=True):
         assert_output(output, method, getattr(model, method)(rows), model)
 
@@ -261,36 +249,38 @@ def test_several_outputs_in_one_request(server: FlaskClient, estimators: dict[st
 @pytest.mark.parametrize("column", [False, True], ids=["shape [N]", "shape [N, 1]"])
 @pytest.mark.parametrize("name", ["iris", "breast_cancer"])
 def test_one_tensor_per_feature(
-    server: FlaskClient, estimators: dict[str, Any], name: str, column: bool
+    server: FlaskClient, demo_estimators: dict[str, Any], name: str, column: bool
 ) -> None:
     rows, _, names = load_demo_data(name)
     tensors = feature_tensors(rows, names, column)
-    expected = estimators[name].predict(rows).tolist()
+    expected = demo_estimators[name].predict(rows).tolist()
     for order in (tensors, tensors[::-1]):  # the names, not the order, place the columns
         body = post(server, f"/v2/models/{name}/infer", {"inputs": order})
         assert body["outputs"][0]["data"] == expected
 
 
 @pytest.mark.parametrize("datatype", INTEGER_TYPES)
-def test_integer_datatypes(server: FlaskClient, estimators: dict[str, Any], datatype: str) -> None:
+def test_integer_datatypes(
+    server: FlaskClient, demo_estimators: dict[str, Any], datatype: str
+) -> None:
     rounded = np.rint(load_demo_data("iris")[0]).astype(np.int64)
     body = post(server, IRIS_INFER, {"inputs": [tensor(rounded.tolist(), [150, 4], datatype)]})
-    expected = estimators["iris"].predict(rounded.astype(np.float64))
+    expected = demo_estimators["iris"].predict(rounded.astype(np.float64))
     assert body["outputs"][0]["data"] == expected.tolist()
 
 
 @pytest.mark.parametrize("datatype", list(FLOAT_TYPES))
 def test_float_datatypes_are_cast_to_their_precision(
-    server: FlaskClient, estimators: dict[str, Any], datatype: str
+    server: FlaskClient, demo_estimators: dict[str, Any], datatype: str
 ) -> None:
     rows = load_demo_data("diabetes")[0]
     request = {"inputs": [tensor(rows.tolist(), list(rows.shape), datatype)]}
     body = post(server, "/v2/models/diabetes/infer", request)
     cast = rows.astype(FLOAT_TYPES[datatype]).astype(np.float64)
-    expected = estimators["diabetes"].predict(cast)
+    expected = demo_estimators["diabetes"].predict(cast)
     np.testing.assert_allclose(body["outputs"][0]["data"], expected, rtol=1e-12)
     if datatype != "FP64":  # the cast is seen: the server did not read the values as FP64
-        as_fp64 = estimators["diabetes"].predict(rows)
+        as_fp64 = demo_estimators["diabetes"].predict(rows)
         assert not np.allclose(body["outputs"][0]["data"], as_fp64, rtol=1e-12, atol=0)
 
 
@@ -328,7 +318,7 @@ def test_unknown_parameters_are_ignored(server: FlaskClient, content_type: str) 
     assert post(server, IRIS_INFER, decorated) == expected
 
 
-def test_binary_tensor_data(server: FlaskClient, estimators: dict[str, Any]) -> None:
+def test_binary_tensor_data(server: FlaskClient, demo_estimators: dict[str, Any]) -> None:
     rows = load_demo_data("breast_cancer")[0]
     raw = rows.astype("<f8").tobytes()
     request = {
@@ -348,12 +338,12 @@ def test_binary_tensor_data(server: FlaskClient, estimators: dict[str, Any]) -> 
     assert response.status_code == 200, response.get_data(as_text=True)
     body = response.get_json()
     assert body["id"] == "binary"
-    model = estimators["breast_cancer"]
+    model = demo_estimators["breast_cancer"]
     assert_output(body["outputs"][0], "predict_proba", model.predict_proba(rows), model)
 
 
 def test_binary_tensor_data_one_tensor_per_feature(
-    server: FlaskClient, estimators: dict[str, Any]
+    server: FlaskClient, demo_estimators: dict[str, Any]
 ) -> None:
     rows, _, names = load_demo_data("iris")
     datatypes = ["FP32", "FP64", "INT32", "FP64"]
@@ -376,7 +366,7 @@ def test_binary_tensor_data_one_tensor_per_feature(
     data, headers = binary_body({"inputs": inputs}, raw)
     response = server.post(IRIS_INFER, data=data, headers=headers)
     assert response.status_code == 200, response.get_data(as_text=True)
-    expected = estimators["iris"].predict(np.column_stack(columns).astype(np.float64))
+    expected = demo_estimators["iris"].predict(np.column_stack(columns).astype(np.float64))
     assert response.get_json()["outputs"][0]["data"] == expected.tolist()
 
 
@@ -689,10 +679,10 @@ def test_error_matrix(request: pytest.FixtureRequest, case: Case) -> None:
 
 
 def test_the_server_still_answers_after_the_matrix(
-    server: FlaskClient, estimators: dict[str, Any]
+    server: FlaskClient, demo_estimators: dict[str, Any]
 ) -> None:
     rows = load_demo_data("iris")[0]
     request = {"inputs": [tensor(rows.tolist(), [150, 4])], "outputs": [{"name": "predict"}]}
     body = post(server, IRIS_INFER, request)
-    assert body["outputs"][0]["data"] == estimators["iris"].predict(rows).tolist()
+    assert body["outputs"][0]["data"] == demo_estimators["iris"].predict(rows).tolist()
     assert server.get("/v2/health/ready").get_json() == {"ready": True}
