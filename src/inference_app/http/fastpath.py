@@ -231,9 +231,7 @@ class FastPath:
             ("Content-Type", "application/json"),
             ("Content-Length", str(len(payload))),
             (observe.REQUEST_ID_HEADER, request_id),
-            *security.SAFE_HEADERS,
-            ("Cache-Control", "no-store"),
-            ("Content-Security-Policy", security.API_POLICY),
+            *security.JSON_POST_HEADERS,
         ]
         observe.account(
             request_id=request_id,

@@ -27,6 +27,12 @@ REALM = 'Bearer realm="inference-app"'
 API_POLICY = "default-src 'none'; frame-ancestors 'none'"
 #: Headers of every answer, unless a view set its own.
 SAFE_HEADERS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "no-referrer"))
+#: Headers of a JSON answer to a POST, as the after-request hook sets them.
+JSON_POST_HEADERS = (
+    *SAFE_HEADERS,
+    ("Cache-Control", "no-store"),
+    ("Content-Security-Policy", API_POLICY),
+)
 SECURITY_SCHEMES = {
     "bearerAuth": {"type": "http", "scheme": "bearer"},
     "apiKeyAuth": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
