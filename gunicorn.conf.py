@@ -4,6 +4,7 @@ Run it with ``gunicorn -c gunicorn.conf.py wsgi:app`` (``make serve`` does). Sec
 Gunicorn's example configuration; see https://docs.gunicorn.org/en/stable/settings.html.
 """
 
+import atexit
 import gc
 import os
 import shutil
@@ -27,6 +28,13 @@ def _env_int(name, default):
         raise SystemExit(f"{name} must be an integer; got {value!r}") from None
 
 
+def _env_choice(name, default, choices):
+    value = os.environ.get(name, default)
+    if value.lower() not in choices:
+        raise SystemExit(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+    return value.lower()
+
+
 def _env_bool(name, default):
     value = os.environ.get(name)
     if value is None:
@@ -34,6 +42,14 @@ def _env_bool(name, default):
     if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
         raise SystemExit(f"{name} must be true or false; got {value!r}")
     return value.lower() in ("1", "true", "yes")
+
+
+def _remove_own_metrics_dir(master_pid, folder):
+    """Remove the metrics folder this server made, at the master's exit: on_exit below does
+    too, but the master exits before running hooks when the app does not load (preload_app).
+    Workers inherit this exit handler and skip it."""
+    if os.getpid() == master_pid:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # Server socket
@@ -102,6 +118,9 @@ if os.environ.get("INFERENCE_APP_MASTER_PID") != str(os.getpid()):
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="inference-app-metrics-")
         os.environ["INFERENCE_APP_OWN_METRICS_DIR"] = "1"
+        atexit.register(
+            _remove_own_metrics_dir, os.getpid(), os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        )
     Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
     for _stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
         _stale.unlink()
@@ -113,8 +132,12 @@ if os.environ.get("INFERENCE_APP_MASTER_PID") != str(os.getpid()):
 #   accesslog - Gunicorn's own access log, off: the app writes one JSON access line per
 #       request with its request id, model, rows and stage timings. "-" turns it on.
 
-loglevel = _env("GUNICORN_LOGLEVEL", "info")
-logconfig_dict = logs.logging_config(_env("INFERENCE_APP_LOG_FORMAT", "json"), loglevel.upper())
+loglevel = _env_choice(
+    "GUNICORN_LOGLEVEL", "info", ("debug", "info", "warning", "error", "critical")
+)
+logconfig_dict = logs.logging_config(
+    _env_choice("INFERENCE_APP_LOG_FORMAT", "json", ("json", "text")), loglevel.upper()
+)
 accesslog = os.environ.get("GUNICORN_ACCESSLOG")
 errorlog = _env("GUNICORN_ERRORLOG", "-")
 proc_name = _env("GUNICORN_PROC_NAME", "inference-app")

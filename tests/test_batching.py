@@ -16,7 +16,7 @@ from sklearn.tree import DecisionTreeClassifier
 from inference_app import create_app
 from inference_app.core.batching import Batcher
 from inference_app.core.registry import Registry
-from inference_app.core.runtime import Runtime
+from inference_app.core.dataplane import DataPlane
 from inference_app.demo import load_demo_data
 
 
@@ -46,7 +46,7 @@ def test_batched_results_equal_unbatched_on_full_datasets(
         instance_path=demo_instance,
     )
     batches: list[tuple[int, int]] = []
-    app.extensions["inference_app"].runtime.batcher._on_batch = lambda requests, rows: (
+    app.extensions["inference_app"].dataplane.batcher._on_batch = lambda requests, rows: (
         batches.append((requests, rows))
     )
     rows, _, _ = load_demo_data(name)
@@ -113,26 +113,26 @@ def test_one_request_failing_never_fails_another() -> None:
 
 def test_a_request_alone_does_not_wait(registry: Registry) -> None:
     calls: list[tuple[int, int]] = []
-    runtime = Runtime(
+    dataplane = DataPlane(
         registry,
         batching=["iris"],
         max_batch_latency=5.0,  # a lone request must not sit out this wait
         on_batch=lambda requests, rows: calls.append((requests, rows)),
     )
-    runtime.warm_up()
-    assert runtime.predict("iris", [[5.1, 3.5, 1.4, 0.2]]).outputs == ["setosa"]
-    assert runtime.predict("diabetes", [[0.0] * 10]).rows == 1  # not batched
+    dataplane.warm_up()
+    assert dataplane.predict("iris", [[5.1, 3.5, 1.4, 0.2]]).outputs[0].values == ["setosa"]
+    assert dataplane.predict("diabetes", [[0.0] * 10]).rows == 1  # not batched
     assert calls == [(1, 1)]
 
 
-def test_batching_settings_reach_the_runtime(demo_instance: Path) -> None:
+def test_batching_settings_reach_the_dataplane(demo_instance: Path) -> None:
     app = create_app(
         {"BATCHING": "iris, diabetes", "MAX_BATCH_SIZE": 8, "MAX_BATCH_LATENCY_MS": 1},
         instance_path=demo_instance,
     )
-    runtime = app.extensions["inference_app"].runtime
-    assert runtime.batching == ["iris", "diabetes"]
-    assert runtime.batcher.max_rows == 8 and runtime.batcher.max_latency == 0.001
+    dataplane = app.extensions["inference_app"].dataplane
+    assert dataplane.batching == ["iris", "diabetes"]
+    assert dataplane.batcher.max_rows == 8 and dataplane.batcher.max_latency == 0.001
     response = app.test_client().post(
         "/v1/models/iris:predict", json={"instances": [[5.1, 3.5, 1.4, 0.2]] * 20}
     )

@@ -56,8 +56,8 @@ def test_defaults(instance: Path) -> None:
     assert app.config["MODELS_DIR"] == "models"
     assert app.config["DEFAULT_MODEL"] is None
     assert app.instance_path == str(instance.resolve())
-    assert services(app).runtime.max_rows == 10_000
-    assert services(app).runtime.unknown_features == "reject"
+    assert services(app).dataplane.limits.max_rows == 10_000
+    assert services(app).dataplane.limits.unknown_features == "reject"
     assert list(services(app).registry.models) == ["breast_cancer", "diabetes", "iris"]
 
 
@@ -92,7 +92,7 @@ def test_later_layers_win(
 
     expected = LAYER_VALUES[layers[-1]] if layers else 10_000
     assert app.config["MAX_ROWS"] == expected
-    assert services(app).runtime.max_rows == expected
+    assert services(app).dataplane.limits.max_rows == expected
 
 
 def test_instance_config_file_overrides_defaults(instance: Path) -> None:
@@ -104,7 +104,7 @@ def test_instance_config_file_overrides_defaults(instance: Path) -> None:
 
     assert app.config["UNKNOWN_FEATURES"] == "ignore"
     assert app.config["DEFAULT_MODEL"] == "diabetes"
-    assert services(app).runtime.unknown_features == "ignore"
+    assert services(app).dataplane.limits.unknown_features == "ignore"
     assert "lowercase" not in app.config
     # Only the instance's file is read: no names of the package's own modules leak in.
     assert "DEFAULTS" not in app.config

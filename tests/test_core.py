@@ -10,7 +10,7 @@ CORE_MODULES = [
     "inference_app.core.errors",
     "inference_app.core.inputs",
     "inference_app.core.registry",
-    "inference_app.core.runtime",
+    "inference_app.core.dataplane",
     "inference_app.demo",
 ]
 

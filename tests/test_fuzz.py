@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from flask.testing import FlaskClient
 from hypothesis import given, settings
@@ -15,8 +17,10 @@ from hypothesis import strategies as st
 
 from inference_app import create_app
 from inference_app.core import inputs, tensors
-from inference_app.core.bundle import DATATYPES, METHODS, Feature, load_bundle
+from inference_app.core.bundle import METHODS, Feature, load_bundle
+from inference_app.core.datatypes import FEATURE_DATATYPES, TENSOR_DATATYPES
 from inference_app.core.errors import InvalidInputError
+from inference_app.core.inputs import Limits
 from inference_app.demo import load_demo_data
 
 IRIS_NAMES = load_demo_data("iris")[2]
@@ -85,7 +89,7 @@ tensor_bodies = st.fixed_dictionaries(
     {
         "name": st.sampled_from(["input-0", *IRIS_NAMES]) | st.text(max_size=8),
         "shape": shapes,
-        "datatype": st.sampled_from([*tensors.NUMPY_DTYPES, "FP8", "fp64", ""]),
+        "datatype": st.sampled_from([*TENSOR_DATATYPES, "FP8", "fp64", ""]),
         "data": tensor_data,
     },
     optional={"parameters": st.dictionaries(st.text(max_size=5), json_scalars, max_size=2)},
@@ -320,11 +324,38 @@ def test_valid_rows_are_predicted_as_in_process(
     assert predicted == iris_estimator.predict(np.array(batch, dtype=np.float64)).tolist()
 
 
+NUMERIC = ("BOOL", "INT64", "FP32", "FP64")
+
+
 @st.composite
-def model_inputs(draw: st.DrawFn) -> tuple[Feature, ...]:
-    """Return 1 to 4 features with distinct names and any bundle datatype."""
+def model_inputs(draw: st.DrawFn, datatypes: tuple[str, ...] = NUMERIC) -> tuple[Feature, ...]:
+    """Return 1 to 4 features with distinct names and datatypes among ``datatypes``."""
     names = draw(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=4, unique=True))
-    return tuple(Feature(name, draw(st.sampled_from(DATATYPES))) for name in names)
+    nullable = draw(st.booleans())
+    features = []
+    for name in names:
+        datatype = draw(st.sampled_from(datatypes))
+        kind = {"BYTES": "categorical", "DATETIME": "datetime"}.get(datatype, "numeric")
+        categories = ("a", "b", "") if kind == "categorical" else None
+        features.append(
+            Feature(name, datatype, kind=kind, nullable=nullable, categories=categories)
+        )
+    return tuple(features)
+
+
+def rows_to_input(
+    instances: Any, features: tuple[Feature, ...], max_rows: int, unknown: str = "reject"
+) -> Any:
+    """Return the matrix the dataplane builds from JSON rows for a numeric model."""
+    return inputs.from_rows(instances, features, "matrix", Limits(max_rows, unknown)).data
+
+
+def tensors_to_input(
+    request_inputs: Any, features: tuple[Feature, ...], max_rows: int, layout: str = "matrix"
+) -> Any:
+    """Return what the dataplane builds from V2 request inputs."""
+    decoded = tensors.decode_inputs(request_inputs)
+    return inputs.decode(features, layout, Limits(max_rows), where="inputs", **decoded).data
 
 
 @st.composite
@@ -380,18 +411,32 @@ def test_rows_become_a_float64_matrix_or_invalid_input(
     allow_nan: bool,
 ) -> None:
     features, instances = case
+    features = tuple(dataclasses.replace(f, nullable=allow_nan) for f in features)
     try:
-        matrix = inputs.to_matrix(
-            instances,
-            features,
-            max_rows=max_rows,
-            unknown_features=unknown_features,
-            allow_nan=allow_nan,
-        )
+        matrix = rows_to_input(instances, features, max_rows, unknown_features)
     except InvalidInputError as error:
         check_refusal(error)
         return
     check_matrix(matrix, len(instances), features, max_rows, allow_nan)
+
+
+@SOME
+@given(
+    features=model_inputs(FEATURE_DATATYPES),
+    instances=st.lists(st.lists(elements, min_size=0, max_size=5), max_size=5),
+    max_rows=st.integers(min_value=1, max_value=6),
+)
+def test_typed_rows_become_a_frame_or_invalid_input(
+    features: tuple[Feature, ...], instances: list[Any], max_rows: int
+) -> None:
+    try:
+        frame = inputs.from_rows(instances, features, "frame", Limits(max_rows)).data
+    except InvalidInputError as error:
+        check_refusal(error)
+        return
+    assert isinstance(frame, pd.DataFrame)
+    assert list(frame.columns) == [feature.name for feature in features]
+    assert 1 <= len(frame) == len(instances) <= max_rows
 
 
 @st.composite
@@ -404,7 +449,7 @@ def tensor_cases(draw: st.DrawFn) -> tuple[tuple[Feature, ...], list[dict[str, A
         {
             "name": st.sampled_from(names) | st.text(max_size=4),
             "shape": shapes,
-            "datatype": st.sampled_from(list(tensors.NUMPY_DTYPES)),
+            "datatype": st.sampled_from(list(TENSOR_DATATYPES)),
             "data": tensor_data | json_values | st.binary(max_size=40),
         }
     )
@@ -421,8 +466,9 @@ def test_tensors_become_a_float64_matrix_or_invalid_input(
     case: tuple[tuple[Feature, ...], list[dict[str, Any]]], max_rows: int, allow_nan: bool
 ) -> None:
     features, request_inputs = case
+    features = tuple(dataclasses.replace(f, nullable=allow_nan) for f in features)
     try:
-        matrix = tensors.to_matrix(request_inputs, features, max_rows=max_rows, allow_nan=allow_nan)
+        matrix = tensors_to_input(request_inputs, features, max_rows)
     except InvalidInputError as error:
         check_refusal(error)
         return
@@ -448,8 +494,8 @@ def test_fitting_tensors_and_records_keep_their_values_in_model_order(data: st.D
     order = data.draw(st.permutations(range(width)), label="key order")
     records = [{features[i].name: row[i] for i in order} for row in expected.tolist()]
 
-    from_tensor = tensors.to_matrix([tensor], features, max_rows=count)
-    from_records = inputs.to_matrix(records, features, max_rows=count)
+    from_tensor = tensors_to_input([tensor], features, count)
+    from_records = rows_to_input(records, features, count)
 
     np.testing.assert_array_equal(from_tensor, expected)
     np.testing.assert_array_equal(from_records, expected)

@@ -13,6 +13,7 @@ from urllib.parse import urljoin, urlsplit
 import numpy as np
 import pytest
 import requests
+from gunicorn.arbiter import Arbiter
 
 from inference_app.core.bundle import load_bundle
 from inference_app.demo import DEMOS, load_demo_data, write_demo_bundles
@@ -20,6 +21,7 @@ from servers import (
     REQUEST_TIMEOUT,
     START_TIMEOUT,
     Server,
+    log_lines,
     log_records,
     start_gunicorn,
     stop,
@@ -272,24 +274,119 @@ def test_second_server_on_the_same_host_starts_too(server: Server, tmp_path: Pat
     assert second.process.returncode == 0, second.log()
 
 
-def test_bad_bundle_stops_the_server_at_start(tmp_path: Path) -> None:
-    instance = tmp_path / "instance"
+def tampered_instance(root: Path) -> Path:
+    """An instance folder with the demo bundles, iris's model.joblib changed by one byte."""
+    instance = root / "instance"
     write_demo_bundles(instance / "models")
     with (instance / "models" / "iris" / "1" / "model.joblib").open("ab") as handle:
         handle.write(b"\0")
+    return instance
 
-    bad = start_gunicorn(instance, tmp_path / "gunicorn.log")
+
+def start_and_wait_for_exit(
+    instance: Path, root: Path, *, workers: int = 2, **settings: str
+) -> tuple[int, str]:
+    """Start Gunicorn on ``instance``, which must not serve; return its exit status and log.
+
+    Its temporary files (its own metrics folder) go to ``root / "tmp"``.
+    """
+    tmp = root / "tmp"
+    tmp.mkdir()
+    server = start_gunicorn(
+        instance, root / "gunicorn.log", workers=workers, TMPDIR=str(tmp), **settings
+    )
     try:
-        exited = wait_until(lambda: bad.process.poll() is not None, START_TIMEOUT)
+        exited = wait_until(lambda: server.process.poll() is not None, START_TIMEOUT)
     finally:
-        stop(bad)
-
-    log = bad.log()
+        stop(server)
+    log = server.log()
     assert exited, f"gunicorn still ran {START_TIMEOUT} s after start:\n{log}"
-    assert bad.process.returncode != 0, log
-    assert "iris/1/model.joblib" in log, log
-    assert "sha256 mismatch" in log, log
+    assert server.process.returncode != 0, log
+    assert "Traceback" not in log, log
+    assert list(tmp.iterdir()) == [], f"left behind: {list(tmp.iterdir())}"
+    return server.process.returncode, log
+
+
+def test_bad_bundle_stops_the_server_at_start_in_one_log_line(tmp_path: Path) -> None:
+    instance = tampered_instance(tmp_path)
+
+    status, log = start_and_wait_for_exit(instance, tmp_path)
+
+    assert status == Arbiter.APP_LOAD_ERROR, log
     assert "Booting worker" not in log, log
+    [line] = log_lines(log)  # the master loads the app before it logs anything else
+    assert line["level"] == "ERROR", line
+    assert line["message"].startswith("inference-app cannot start: refused model bundles: "), line
+    assert "iris/1/model.joblib: sha256 mismatch" in line["message"], line
+    assert len([row for row in log.splitlines() if "sha256 mismatch" in row]) == 1, log
+
+
+def test_bad_bundle_without_preload_stops_the_server_too(tmp_path: Path) -> None:
+    instance = tampered_instance(tmp_path)
+
+    status, log = start_and_wait_for_exit(
+        instance, tmp_path, workers=1, GUNICORN_PRELOAD_APP="false"
+    )
+
+    # The worker exits with Gunicorn's "app failed to load" status: the master stops
+    # instead of booting workers that fail the same way, over and over.
+    assert status == Arbiter.APP_LOAD_ERROR, log
+    refusals = [line for line in log_lines(log) if "sha256 mismatch" in line["message"]]
+    assert len(refusals) == 1, log
+    assert refusals[0]["level"] == "ERROR" and "iris/1/model.joblib" in refusals[0]["message"]
+    assert any(line["message"] == "Reason: App failed to load." for line in log_lines(log)), log
+
+
+def test_bad_bundle_is_one_line_in_the_text_log_format_too(tmp_path: Path) -> None:
+    instance = tampered_instance(tmp_path)
+
+    _, log = start_and_wait_for_exit(instance, tmp_path, INFERENCE_APP_LOG_FORMAT="text")
+
+    [line] = log.splitlines()
+    assert "[ERROR] inference_app: inference-app cannot start: refused model bundles: " in line
+    assert "iris/1/model.joblib: sha256 mismatch" in line
+
+
+def test_bad_setting_stops_the_server_at_start_in_one_log_line(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    write_demo_bundles(instance / "models")
+
+    status, log = start_and_wait_for_exit(instance, tmp_path, INFERENCE_APP_MAX_ROWS="lots")
+
+    assert status == Arbiter.APP_LOAD_ERROR, log
+    [line] = log_lines(log)
+    assert line["level"] == "ERROR", line
+    assert line["message"].startswith("inference-app cannot start: setting MAX_ROWS"), line
+    assert "INFERENCE_APP_MAX_ROWS" in line["message"] and "'lots'" in line["message"], line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GUNICORN_TIMEOUT", "soon"),
+        ("GUNICORN_PRELOAD_APP", "maybe"),
+        ("GUNICORN_LOGLEVEL", "loud"),
+        ("INFERENCE_APP_LOG_FORMAT", "xml"),
+    ],
+)
+def test_bad_server_setting_stops_gunicorn_in_one_line(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    instance = tmp_path / "instance"
+    write_demo_bundles(instance / "models")
+
+    _, log = start_and_wait_for_exit(instance, tmp_path, **{variable: value})
+
+    # gunicorn.conf.py refuses it before logging is set up: a plain line, not JSON.
+    [line] = log.splitlines()
+    assert line.startswith(f"{variable} must be ") and repr(value) in line, line
+
+
+def test_root_is_kserve_liveness(server: Server) -> None:
+    response = requests.get(f"{server.url}/", timeout=REQUEST_TIMEOUT)
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "alive"}
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 import pytest
 
 from inference_app.core.bundle import Feature
 from inference_app.core.errors import InvalidInputError
-from inference_app.core.inputs import to_matrix
+from inference_app.core.inputs import Limits, from_rows
+
+
+def to_matrix(
+    rows: Sequence[Any],
+    features: Sequence[Feature],
+    *,
+    max_rows: int,
+    unknown_features: str = "reject",
+    allow_nan: bool = False,
+) -> Any:
+    """Return the float64 matrix a numeric model gets from JSON rows."""
+    features = [dataclasses.replace(feature, nullable=allow_nan) for feature in features]
+    return from_rows(rows, features, "matrix", Limits(max_rows, unknown_features)).data
 
 MIXED = (
     Feature("length", "FP64"),
@@ -53,7 +70,7 @@ def test_missing_values_only_where_the_model_accepts_them() -> None:
     features = (Feature("a"), Feature("b"))
     matrix = to_matrix([[1.0, None], [float("nan"), 2]], features, max_rows=5, allow_nan=True)
     assert np.isnan(matrix[0, 1]) and np.isnan(matrix[1, 0])
-    with pytest.raises(InvalidInputError, match="got null"):
+    with pytest.raises(InvalidInputError, match="cannot be missing"):
         to_matrix([[1.0, None]], features, max_rows=5)
     with pytest.raises(InvalidInputError, match="infinity"):
         to_matrix([[1.0, float("inf")]], features, max_rows=5, allow_nan=True)

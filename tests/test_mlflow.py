@@ -207,11 +207,11 @@ MATRIX = [
         id="two dataframe fields",
     ),
     pytest.param(Case({"instances": [SETOSA], "extra": 1}, "extra"), id="unknown field"),
-    pytest.param(Case([SETOSA], "Invalid input type"), id="body is an array"),
+    pytest.param(Case([SETOSA], "bare list of rows"), id="body is an array"),
     pytest.param(Case({"instances": {"a": 1}}, "instances"), id="instances not an array"),
     pytest.param(Case({"inputs": 5}, "inputs"), id="inputs a number"),
     pytest.param(
-        Case({"inputs": {IRIS_COLUMNS[0]: [5.1, 6.7], IRIS_COLUMNS[1]: [3.5]}}, "same length"),
+        Case({"inputs": {IRIS_COLUMNS[0]: [5.1, 6.7], IRIS_COLUMNS[1]: [3.5]}}, "different lengths"),
         id="inputs columns of different lengths",
     ),
     pytest.param(
@@ -261,7 +261,7 @@ MATRIX = [
     pytest.param(csv_case("5.1,3.5,1.4\n", "CSV line 2: 3 cells for 4 columns"), id="ragged CSV"),
     pytest.param(Case(b"", "empty", content_type=CSV), id="empty CSV"),
     pytest.param(csv_case("", "at least one row"), id="CSV of a header alone"),
-    pytest.param(csv_case(",3.5,1.4,0.2\n", "null"), id="CSV empty cell"),
+    pytest.param(csv_case(",3.5,1.4,0.2\n", "cannot be missing"), id="CSV empty cell"),
     pytest.param(csv_case("nan,3.5,1.4,0.2\n", "NaN"), id="CSV NaN cell"),
     pytest.param(csv_case("5.1,inf,1.4,0.2\n", "infinity"), id="CSV infinite cell"),
     pytest.param(

@@ -16,7 +16,7 @@ from sklearn.tree import DecisionTreeClassifier
 from inference_app.core.bundle import JOBLIB_FILE, write_bundle
 from inference_app.core.errors import BundleError, ModelNotFoundError, ModelNotReadyError
 from inference_app.core.registry import Registry, discover, version_key
-from inference_app.core.runtime import Runtime
+from inference_app.core.dataplane import DataPlane
 
 #: Each model: its dataset loader and a factory of its unfitted estimator.
 MODELS: dict[str, tuple[Callable[..., Any], Callable[[], Any]]] = {
@@ -181,7 +181,7 @@ def test_models_are_ready_only_after_warm_up(
     write("diabetes", "1")
     registry = Registry(models)
     registry.load()
-    runtime = Runtime(registry)
+    dataplane = DataPlane(registry)
     rows = estimators["diabetes"][1][:3]
 
     ready, reason = registry.readiness()
@@ -191,29 +191,29 @@ def test_models_are_ready_only_after_warm_up(
     assert not any(registry.is_ready(bundle) for bundle in registry.bundles())
     assert not registry.model_ready("iris")
     with pytest.raises(ModelNotReadyError, match="diabetes"):
-        runtime.predict("diabetes", rows.tolist())
+        dataplane.predict("diabetes", rows.tolist())
 
-    runtime.warm_up()
+    dataplane.warm_up()
 
     assert registry.readiness()[0] is True
     assert all(registry.is_ready(bundle) for bundle in registry.bundles())
     assert registry.model_ready("iris")
-    prediction = runtime.predict("diabetes", rows.tolist())
-    np.testing.assert_allclose(prediction.outputs, estimators["diabetes"][0].predict(rows))
+    prediction = dataplane.predict("diabetes", rows.tolist())
+    np.testing.assert_allclose(prediction.outputs[0].values, estimators["diabetes"][0].predict(rows))
 
 
 def test_reload_needs_a_new_warm_up(write: Callable[[str, str], Path], models: Path) -> None:
     write("iris", "1")
     registry = Registry(models)
     registry.load()
-    Runtime(registry).warm_up()
+    DataPlane(registry).warm_up()
     write("iris", "2")
 
     registry.load()
 
     assert list(registry.models["iris"].versions) == ["1", "2"]
     assert registry.readiness()[0] is False
-    Runtime(registry).warm_up()
+    DataPlane(registry).warm_up()
     assert registry.readiness()[0] is True
 
 
@@ -239,8 +239,8 @@ def test_failed_reload_keeps_the_loaded_models_serving(
     wine_1 = write("wine", "1")
     registry = Registry(models)
     registry.load()
-    runtime = Runtime(registry)
-    runtime.warm_up()
+    dataplane = DataPlane(registry)
+    dataplane.warm_up()
     before = registry.models
     bundles = registry.bundles()
 
@@ -257,9 +257,9 @@ def test_failed_reload_keeps_the_loaded_models_serving(
     assert registry.bundles() == bundles
     assert registry.readiness()[0] is True
     estimator, rows = estimators["iris"]
-    prediction = runtime.predict("iris", rows.tolist())
+    prediction = dataplane.predict("iris", rows.tolist())
     assert prediction.model_version == "2"
-    assert prediction.outputs == estimator.predict(rows).tolist()
+    assert prediction.outputs[0].values == estimator.predict(rows).tolist()
 
 
 def test_discover_reports_each_folder_with_its_bundle_or_error(

@@ -224,7 +224,7 @@ MATRIX: list[tuple[str, Any, str, int, str, list[Any] | None]] = [
         {"instances": [[5.1, None, 1.4, 0.2]]},
         "application/json",
         422,
-        "got null",
+        "cannot be missing",
         ["instances", "0", "sepal width (cm)"],
     ),
     (

@@ -17,7 +17,7 @@ def create_app(
     *,
     instance_path: str | os.PathLike[str] | None = None,
 ) -> Flask:
-    """Create the inference server: config, registry, runtime, API, blueprints, docs.
+    """Create the inference server: config, registry, dataplane, API, blueprints, docs.
 
     :param test_config: settings that override every other configuration layer.
     :param instance_path: the instance folder holding ``config.py`` and ``models/``; default
@@ -27,8 +27,8 @@ def create_app(
     """
     # Imported here so that importing the serving core (inference_app.core) loads no Flask.
     from inference_app import config, metrics
+    from inference_app.core.dataplane import DataPlane
     from inference_app.core.registry import Registry
-    from inference_app.core.runtime import Runtime
     from inference_app.http import api, docs, fastpath, health, mlflow, observe, security, v1, v2
 
     app = api.Server(
@@ -43,12 +43,12 @@ def create_app(
     )
     registry.load()
     default_model = config.default_model(app, registry.models)
-    runtime = Runtime.from_settings(registry, app.config, on_batch=metrics.record_batch)
+    dataplane = DataPlane.from_settings(registry, app.config, on_batch=metrics.record_batch)
     metrics.record_loads(registry)
     if app.config["WARM_UP"] == "on_load":
-        runtime.warm_up()
+        dataplane.warm_up()
         metrics.record_served(registry)
-    api.init_services(app, registry, runtime)
+    api.init_services(app, registry, dataplane)
     observe.init_app(app)
 
     smorest = api.init_app(app)

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import csv
+import errno
 from pathlib import Path
+from typing import Any
 
 import click
 import joblib
-import numpy as np
+import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 from flask import Flask
-from flask.cli import FlaskGroup
+from flask.cli import AppGroup, FlaskGroup
 
 from inference_app import __version__, config, create_app
 from inference_app.core.bundle import write_bundle
 from inference_app.core.errors import BundleError
 from inference_app.core.registry import discover
 from inference_app.demo import write_demo_bundles
+from inference_app.logs import one_line
+
+#: The sample formats ``package`` reads, by file extension (lower case).
+SAMPLE_FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
 
 instance_option = click.option(
     "--instance-path",
@@ -28,17 +34,70 @@ instance_option = click.option(
 
 
 def _app() -> Flask:
-    return create_app()
+    """Create the app for the commands that serve it (run, shell, routes, openapi).
+
+    :raises click.ClickException: one line saying why the app does not load.
+    """
+    try:
+        return create_app()
+    except (BundleError, config.ConfigError, OSError) as error:
+        raise click.ClickException(f"the app does not load: {one_line(str(error))}") from None
 
 
-@click.group(cls=FlaskGroup, create_app=_app, add_version_option=False)
+class Commands(FlaskGroup):
+    """Flask's command group, creating the app only for a command that needs it.
+
+    ``--help``, ``init-demo``, ``package`` and ``models`` load no model, so they work before
+    the first bundle is written and while a bundle is refused. Every error a command meets
+    that is the user's to fix (a refused bundle, a bad setting, a file that cannot be read
+    or written) ends it with one ``Error:`` line and exit status 1, never a traceback.
+    """
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Return the commands defined without the app: Flask's, its plugins' and ours.
+
+        Flask's own group would create the app here (loading every model) to list the
+        app's commands too; those still run by name (``inference-app openapi print``).
+        """
+        self._load_plugin_commands()
+        return AppGroup.list_commands(self, ctx)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        """Return the command ``name``, creating the app only for one the app adds."""
+        try:
+            return super().get_command(ctx, name)
+        except click.ClickException as error:  # _app's refusal, looking up an app command
+            raise click.ClickException(
+                f"no command {name!r} but the app's own, and {error.format_message()}"
+            ) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning the errors it meets into one ``Error:`` line."""
+        try:
+            return super().invoke(ctx)
+        except (BundleError, config.ConfigError) as error:
+            raise click.ClickException(one_line(str(error))) from None
+        except OSError as error:
+            if error.errno == errno.EPIPE:  # click ends quietly on a closed pipe
+                raise
+            raise click.ClickException(one_line(str(error))) from None
+
+
+@click.group(cls=Commands, create_app=_app, add_version_option=False)
 @click.version_option(__version__, package_name="inference-app")
 def main() -> None:
-    """Serve scikit-learn models over HTTP; `inference-app run` starts a development server."""
+    """Serve scikit-learn models over HTTP; `inference-app run` starts a development server.
+
+    The commands that serve the app (run, shell, routes, and `openapi print` or `openapi
+    write` for the OpenAPI document) load every model first.
+    """
 
 
 def _configured(instance_path: Path) -> Flask:
-    """Return a bare app holding the instance's configuration (no models loaded)."""
+    """Return a bare app holding the instance's configuration (no models loaded).
+
+    :raises inference_app.config.ConfigError: a setting has a bad value.
+    """
     app = Flask(
         "inference_app",
         instance_path=str(config.resolve_instance_path(instance_path)),
@@ -68,14 +127,18 @@ def init_demo(instance_path: Path, force: bool, onnx: bool) -> None:
 
 
 @main.command("package", with_appcontext=False)
-@click.argument("estimator_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+# Paths are checked as they are read, so that a missing file is one line naming it.
+@click.argument("estimator_file", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="The model name, one path segment.")
 @click.option("--version", "version", required=True, help="The version, e.g. 2.")
 @click.option(
     "--sample",
     required=True,
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="A CSV of training rows with a header row of feature names.",
+    type=click.Path(path_type=Path),
+    help=(
+        "Training rows: a CSV (.csv) with a header row of feature names, or a Parquet file "
+        "(.parquet, .pq). Column names and dtypes are kept."
+    ),
 )
 @click.option("--force", is_flag=True, help="Replace an existing bundle of that version.")
 @click.option(
@@ -102,31 +165,25 @@ def package(
     onnx: bool,
     instance_path: Path,
 ) -> None:
-    """Write a bundle from a fitted estimator file (joblib) and a CSV sample of its data.
+    """Write a bundle from a fitted estimator file (joblib) and a sample of its data.
 
     The estimator file is unpickled: package only files you trust.
     """
-    names, rows = read_sample(sample)
-    try:
-        estimator = joblib.load(estimator_file)
-    except Exception as error:  # unpickling can fail in any way; say how, without a traceback
-        raise click.ClickException(
-            f"{estimator_file}: cannot load: {type(error).__name__}: {error}"
-        ) from None
+    frame = read_sample(sample)
+    estimator = load_estimator(estimator_file)
     try:
         bundle = write_bundle(
             estimator,
-            rows,
+            frame,
             _models_dir(instance_path),
             name,
             version,
-            feature_names=names,
             overwrite=force,
             format=bundle_format,
             onnx=onnx,
         )
     except BundleError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.ClickException(one_line(str(error))) from None
     click.echo(f"wrote {bundle.name} version {bundle.version} to {bundle.path}")
     if bundle.onnx is not None:
         click.echo(f"with an ONNX model ({bundle.onnx.input_dtype} input), checked on the sample")
@@ -152,7 +209,7 @@ def models(instance_path: Path) -> None:
     highest = {item.name: item.version for item in found}
     for item in found:
         if item.bundle is None:
-            click.echo(f"REFUSED {item.name} {item.version}: {item.error}")
+            click.echo(f"REFUSED {item.name} {item.version}: {one_line(str(item.error))}")
             continue
         manifest = item.bundle.manifest
         default = " (default)" if highest[item.name] == item.version else ""
@@ -166,25 +223,97 @@ def models(instance_path: Path) -> None:
         raise click.ClickException("some bundles are refused; the server will not start")
 
 
-def read_sample(path: Path) -> tuple[list[str], np.ndarray]:
-    """Read a CSV with a header row into feature names and rows ``(n_samples, n_features)``.
+def load_estimator(path: Path) -> Any:
+    """Unpickle a fitted estimator saved with ``joblib.dump``.
 
-    :raises click.ClickException: no header, ragged or non-numeric rows.
+    :raises click.ClickException: one line naming the file: it cannot be read, or it is
+        not a joblib pickle (unpickling can fail in any way).
+    """
+    try:
+        return joblib.load(path)
+    except OSError as error:
+        raise click.ClickException(f"{path}: cannot read: {error.strerror or error}") from None
+    except Exception as error:  # say how unpickling failed, without a traceback
+        raise click.ClickException(
+            f"{path}: cannot load it as a joblib file: {type(error).__name__}: "
+            f"{one_line(str(error))}"
+        ) from None
+
+
+def read_sample(path: Path) -> pd.DataFrame:
+    """Read a sample of training rows into a DataFrame, by its file extension.
+
+    ``.csv``: a header row of feature names, then one row per sample, read by
+    :func:`pandas.read_csv` (UTF-8, with or without a byte-order mark). ``.parquet`` or
+    ``.pq``: read by :func:`pandas.read_parquet`. Column names and the dtypes pandas reads
+    are kept; which dtypes a model may take is :func:`write_bundle`'s to say.
+
+    :raises click.ClickException: one line naming the file and what is wrong: an unknown
+        extension, a file that cannot be read or parsed, ragged CSV rows (with the line),
+        a header with a blank or repeated name, no columns or no rows.
+    """
+    kind = SAMPLE_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise click.ClickException(
+            f"{path}: unknown sample format {path.suffix or '(no extension)'!r}; "
+            f"expected {', '.join(SAMPLE_FORMATS)}"
+        )
+    try:
+        frame = _read_csv(path) if kind == "CSV" else pd.read_parquet(path)
+    except click.ClickException:
+        raise
+    except OSError as error:
+        raise click.ClickException(f"{path}: cannot read: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise click.ClickException(f"{path}: not UTF-8 text: {error}") from None
+    except Exception as error:  # pandas and pyarrow refuse malformed files in many ways
+        raise click.ClickException(
+            f"{path}: not a valid {kind} file: {one_line(str(error))}"
+        ) from None
+    if len(frame.columns) == 0:
+        raise click.ClickException(f"{path}: no columns; expected one per feature")
+    if len(frame) == 0:
+        raise click.ClickException(f"{path}: no rows; expected at least one row of training data")
+    return frame
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """Check a CSV sample's header and row lengths, then read it with pandas.
+
+    pandas would fill a short row with NaN, take the first column of rows one value longer
+    than the header for an index, and rename a repeated name: each is refused here first.
     """
     # utf-8-sig: spreadsheet programs start "CSV UTF-8" files with a byte-order mark.
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
-        names = next(reader, None)
-        if not names:
-            raise click.ClickException(f"{path}: empty; expected a header row of feature names")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            if len(row) != len(names):
-                raise click.ClickException(
-                    f"{path}:{line}: {len(row)} values for {len(names)} columns"
-                )
-            try:
-                rows.append([float(value) for value in row])
-            except ValueError as error:
-                raise click.ClickException(f"{path}:{line}: {error}") from None
-    return names, np.array(rows, dtype=np.float64)
+        try:
+            # pandas skips blank lines, before the header too.
+            names = next((row for row in reader if row), None)
+            if names is None:
+                raise click.ClickException(f"{path}: empty; expected a header row of feature names")
+            _check_header(path, reader.line_num, names)
+            for row in reader:
+                if row and len(row) != len(names):
+                    raise click.ClickException(
+                        f"{path}:{reader.line_num}: {len(row)} values for {len(names)} columns"
+                    )
+        except csv.Error as error:
+            raise click.ClickException(f"{path}:{reader.line_num}: {error}") from None
+    # low_memory=False: one dtype per column, inferred from the whole file, not per chunk.
+    return pd.read_csv(path, encoding="utf-8-sig", low_memory=False)
+
+
+def _check_header(path: Path, line: int, names: list[str]) -> None:
+    """Refuse a header with a blank name (a pandas index written with the rows?) or a
+    repeated one."""
+    for position, name in enumerate(names, start=1):
+        if not name.strip():
+            raise click.ClickException(
+                f"{path}:{line}: column {position} has no name; the header row names every "
+                "feature (a DataFrame's index? write it with index=False)"
+            )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise click.ClickException(
+            f"{path}:{line}: repeated column names: {', '.join(map(repr, repeated))}"
+        )

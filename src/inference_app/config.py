@@ -17,7 +17,7 @@ INSTANCE_PATH_ENV = f"{ENV_PREFIX}_INSTANCE_PATH"
 DEFAULTS: dict[str, Any] = {
     # Where bundles live, relative to the instance folder.
     "MODELS_DIR": "models",
-    # The model ``POST /predict`` and the examples use; default the first model by name.
+    # The model ``POST /predict`` and ``/invocations`` use; default the only model, if one.
     "DEFAULT_MODEL": None,
     # Request bodies above this many bytes get 413 (Flask's own setting).
     "MAX_CONTENT_LENGTH": 16 * 1024 * 1024,
@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_ROWS": 10_000,
     # Object rows with keys that are not features: "reject" (422) or "ignore".
     "UNKNOWN_FEATURES": "reject",
+    # The longest string value a request may hold, in characters (422 above).
+    "MAX_TEXT_LENGTH": 10_000,
     # When models run their first prediction: "on_load" in create_app, or "post_fork" in a
     # Gunicorn hook, so that a preloading master never runs inference (gunicorn.conf.py).
     "WARM_UP": "on_load",
@@ -107,6 +109,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "DEFAULT_MODEL": (lambda value: value is None or _text(value), "a model name or null"),
     "MAX_CONTENT_LENGTH": (_positive_int, "a positive integer (bytes)"),
     "MAX_ROWS": (_positive_int, "a positive integer"),
+    "MAX_TEXT_LENGTH": (_positive_int, "a positive integer (characters)"),
     "UNKNOWN_FEATURES": (lambda value: value in ("reject", "ignore"), "'reject' or 'ignore'"),
     "WARM_UP": (lambda value: value in ("on_load", "post_fork"), "'on_load' or 'post_fork'"),
     "LOG_PROBES": (lambda value: type(value) is bool, "true or false"),
@@ -181,7 +184,7 @@ def models_dir(app: Flask) -> Path:
 
 def default_model(app: Flask, names: Collection[str]) -> str:
     """Return the model ``POST /predict`` and MLflow's ``/invocations`` use: ``DEFAULT_MODEL``,
-    else the first of ``names`` by name ("" with none).
+    else the only one of ``names``; ``""`` when there is none or the choice is the caller's.
 
     :raises ConfigError: ``DEFAULT_MODEL`` names a model that is not loaded.
     """
@@ -191,4 +194,6 @@ def default_model(app: Flask, names: Collection[str]) -> str:
             f"setting DEFAULT_MODEL (environment variable {ENV_PREFIX}_DEFAULT_MODEL) names "
             f"{chosen!r}, which is not loaded; loaded: {', '.join(sorted(names)) or 'none'}"
         )
-    return chosen or min(names, default="")
+    if chosen is None and len(names) == 1:
+        return next(iter(names))
+    return chosen or ""

@@ -55,3 +55,19 @@ def logging_config(log_format: str = "json", level: str = "INFO") -> dict[str, A
             "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
         },
     }
+
+
+def one_line(message: str) -> str:
+    """Return ``message`` on one line, for a log line or a command's ``Error:`` line.
+
+    Each further line, stripped, is joined to the first: after a space when the first ends
+    with a colon (a heading such as ``refused model bundles:``), else after ``"; "``; the
+    further lines are joined with ``"; "``. Blank lines are dropped.
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head, *rest = lines
+    if not rest:
+        return head
+    return head + (" " if head.endswith(":") else "; ") + "; ".join(rest)

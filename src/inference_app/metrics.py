@@ -55,6 +55,12 @@ ROWS = Counter(
     "Rows predicted (n_samples summed over requests).",
     ["protocol", "model", "version"],
 )
+UNSEEN_CATEGORIES = Counter(
+    "inference_app_unseen_categories_total",
+    "Values of categorical features that the model never saw in training and served anyway "
+    "(its encoder ignores unknown categories).",
+    ["model", "feature"],
+)
 IN_FLIGHT = Gauge(
     "inference_app_requests_in_flight",
     "Requests being answered now, summed over live workers.",

@@ -64,7 +64,7 @@ def warm_up(app: Flask) -> None:
     :raises inference_app.core.errors.BundleError: a model fails on its reference rows.
     """
     services: Services = app.extensions[EXTENSION]
-    services.runtime.warm_up()
+    services.dataplane.warm_up()
     metrics.record_served(services.registry)
 
 

@@ -20,15 +20,18 @@ from typing import Any
 
 import numpy as np
 
-#: The call batching wraps: ``execute(bundle, method, matrix) -> outputs``.
-Execute = Callable[[Any, str, np.ndarray], np.ndarray]
+from inference_app.core.inputs import concat
+
+#: The call batching wraps: ``execute(bundle, method, rows) -> outputs``, where rows are a
+#: model input (a float64 matrix, a DataFrame or a 1-D array) of ``n_samples`` rows.
+Execute = Callable[[Any, str, Any], np.ndarray]
 
 
 @dataclass
 class _Entry:
     """One request's rows and, once the batch ran, its outputs or its error."""
 
-    matrix: np.ndarray
+    matrix: Any
     done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
@@ -69,10 +72,10 @@ class Batcher:
         self._open: dict[tuple[int, str], _Batch] = {}
         self._running: dict[tuple[int, str], int] = {}
 
-    def run(self, bundle: Any, method: str, matrix: np.ndarray) -> np.ndarray:
+    def run(self, bundle: Any, method: str, matrix: Any) -> np.ndarray:
         """Return ``method``'s outputs for ``matrix``, computed alone or with other requests.
 
-        :param matrix: checked rows, ``(n_samples, n_features)``.
+        :param matrix: checked rows, ``n_samples`` of them, in the bundle's layout.
         :raises Exception: whatever the estimator raises on these rows.
         """
         if len(matrix) >= self.max_rows:
@@ -120,9 +123,7 @@ class Batcher:
             if len(entries) == 1:
                 entries[0].result = self._execute(bundle, method, entries[0].matrix)
             else:
-                outputs = self._execute(
-                    bundle, method, np.concatenate([entry.matrix for entry in entries])
-                )
+                outputs = self._execute(bundle, method, concat([entry.matrix for entry in entries]))
                 bounds = np.cumsum([len(entry.matrix) for entry in entries])[:-1]
                 for entry, part in zip(entries, np.split(outputs, bounds), strict=True):
                     entry.result = part

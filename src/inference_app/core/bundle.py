@@ -8,7 +8,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import re
 import warnings
@@ -29,6 +28,15 @@ from skops import io as skops_io
 from inference_app.core import compiled
 from inference_app.core.compiled import Conversion
 from inference_app.core.errors import BundleError
+from inference_app.core.features import (
+    HISTOGRAM_BINS,
+    LAYOUTS,
+    REFERENCE_ROWS,
+    Feature,
+    describe,
+)
+
+__all__ = ["HISTOGRAM_BINS", "REFERENCE_ROWS", "Bundle", "Feature", "Manifest"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,26 +50,6 @@ FORMAT_FILES = {"joblib": JOBLIB_FILE, "skops": SKOPS_FILE}
 METHODS = ("predict", "predict_proba", "decision_function")
 #: Names and versions are single path segments: no separators, no leading dot.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-#: Open Inference Protocol datatypes (KServe V2, "Tensor Data Types") the server accepts.
-DATATYPES = ("BOOL", "INT64", "FP32", "FP64")
-REFERENCE_ROWS = 5
-HISTOGRAM_BINS = 10
-
-
-@dataclass(frozen=True)
-class Feature:
-    """One input column of a model.
-
-    :param name: the column name, as in the estimator's ``feature_names_in_``.
-    :param datatype: one of :data:`DATATYPES`.
-    :param min: the smallest finite value seen in the training sample, or ``None``.
-    :param max: the largest finite value seen in the training sample, or ``None``.
-    """
-
-    name: str
-    datatype: str = "FP64"
-    min: float | None = None
-    max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +71,12 @@ class Manifest:
     allow_nan: bool = False
     reference: Mapping[str, Any] = field(default_factory=dict)
     trusted_types: tuple[str, ...] = ()
-    #: The checked ONNX conversion, if any: ``file``, ``sha256``, ``input_dtype``, ``outputs``.
+    #: The checked ONNX conversion, if any: ``file``, ``sha256``, ``input_dtype``, ``outputs``,
+    #: and for typed layouts ``inputs`` (ONNX input name to numpy dtype) and ``layout``.
     onnx: Mapping[str, Any] | None = None
+    #: How the estimator takes rows: ``matrix`` (float64 array), ``frame`` (a pandas
+    #: DataFrame with the training dtypes) or ``column`` (a 1-D array of one feature).
+    layout: str = "matrix"
 
     @property
     def feature_names(self) -> list[str]:
@@ -99,7 +91,13 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         """Return the manifest as JSON-native values."""
         data = dataclasses.asdict(self)
-        data["inputs"] = [dataclasses.asdict(feature) for feature in self.inputs]
+        data["inputs"] = [
+            {
+                **dataclasses.asdict(feature),
+                "categories": None if feature.categories is None else list(feature.categories),
+            }
+            for feature in self.inputs
+        ]
         data["methods"] = list(self.methods)
         data["classes"] = None if self.classes is None else list(self.classes)
         data["reference"] = dict(self.reference)
@@ -114,7 +112,19 @@ class Manifest:
         :raises BundleError: a field is missing or has the wrong type.
         """
         try:
-            inputs = tuple(Feature(**feature) for feature in data["inputs"])
+            allow_nan = bool(data.get("allow_nan", False))
+            inputs = tuple(
+                Feature(
+                    **{
+                        "nullable": allow_nan,  # bundles written before per-feature types
+                        **feature,
+                        "categories": None
+                        if feature.get("categories") is None
+                        else tuple(feature["categories"]),
+                    }
+                )
+                for feature in data["inputs"]
+            )
             classes = data.get("classes")
             manifest = cls(
                 name=str(data["name"]),
@@ -129,19 +139,20 @@ class Manifest:
                 classes=None if classes is None else tuple(classes),
                 sklearn_version=data.get("sklearn_version"),
                 created=data.get("created"),
-                allow_nan=bool(data.get("allow_nan", False)),
+                allow_nan=allow_nan,
                 reference=dict(data.get("reference") or {}),
                 trusted_types=tuple(map(str, data.get("trusted_types") or ())),
                 onnx=data.get("onnx"),
+                layout=str(data.get("layout", "matrix")),
             )
         except (KeyError, TypeError) as error:
             raise BundleError(f"{MANIFEST_FILE} lacks or mistypes a field: {error}") from None
-        for feature in manifest.inputs:
-            if feature.datatype not in DATATYPES:
-                raise BundleError(
-                    f"{MANIFEST_FILE}: feature {feature.name!r} has datatype "
-                    f"{feature.datatype!r}; expected one of {', '.join(DATATYPES)}"
-                )
+        except BundleError as error:
+            raise BundleError(f"{MANIFEST_FILE}: {error}") from None
+        if manifest.layout not in LAYOUTS:
+            raise BundleError(
+                f"{MANIFEST_FILE}: layout {manifest.layout!r} is not one of {LAYOUTS}"
+            )
         unknown = set(manifest.methods) - set(METHODS)
         if unknown:
             raise BundleError(f"{MANIFEST_FILE}: unknown methods {sorted(unknown)}")
@@ -243,7 +254,7 @@ def write_bundle(
     target = Path(models_dir) / name / version
     if (target / MANIFEST_FILE).exists() and not overwrite:
         raise BundleError(f"{target} already holds a bundle; pass overwrite to replace it")
-    inputs, matrix = _describe_sample(estimator, sample, feature_names)
+    description = describe(estimator, sample, feature_names)
     trusted: tuple[str, ...] = ()
     if format == "skops":
         data = skops_io.dumps(estimator)
@@ -257,7 +268,10 @@ def write_bundle(
     if onnx:
         try:
             conversion = compiled.convert(
-                estimator, matrix, _describe_estimator(estimator)["methods"]
+                estimator,
+                description.data,
+                _describe_estimator(estimator)["methods"],
+                layout=description.layout,
             )
         except BundleError as error:
             notes = (f"no ONNX runtime for {name} {version}, scikit-learn serves it: {error}",)
@@ -265,7 +279,8 @@ def write_bundle(
     manifest = Manifest(
         name=name,
         version=version,
-        inputs=inputs,
+        inputs=description.inputs,
+        layout=description.layout,
         onnx=None
         if conversion is None
         else {
@@ -273,6 +288,8 @@ def write_bundle(
             "sha256": sha256_of(conversion.model),
             "input_dtype": conversion.input_dtype,
             "outputs": conversion.outputs,
+            "inputs": conversion.inputs,
+            "layout": conversion.layout,
         },
         format=format,
         file=FORMAT_FILES[format],
@@ -280,7 +297,7 @@ def write_bundle(
         trusted_types=trusted,
         sklearn_version=sklearn.__version__,
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        reference=_reference(matrix, inputs),
+        reference=description.reference,
         **_describe_estimator(estimator),
     )
     target.mkdir(parents=True, exist_ok=True)
@@ -352,12 +369,16 @@ def _read_onnx(folder: Path, manifest: Manifest) -> Conversion | None:
     try:
         file, digest = str(manifest.onnx["file"]), str(manifest.onnx["sha256"])
         input_dtype, outputs = str(manifest.onnx["input_dtype"]), dict(manifest.onnx["outputs"])
-    except (KeyError, TypeError, ValueError):
+        inputs = {str(k): str(v) for k, v in dict(manifest.onnx.get("inputs") or {}).items()}
+        layout = str(manifest.onnx.get("layout", "matrix"))
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise BundleError(f"{folder}: {MANIFEST_FILE}'s `onnx` lacks a field") from None
     if file != Path(file).name or file.startswith("."):
         raise BundleError(f"{folder}: onnx file {file!r} must be a file name in the bundle")
     data = _read_checked(folder, dataclasses.replace(manifest, file=file, sha256=digest))
-    return Conversion(model=data, input_dtype=input_dtype, outputs=outputs)
+    return Conversion(
+        model=data, input_dtype=input_dtype, outputs=outputs, inputs=inputs, layout=layout
+    )
 
 
 def _check_sklearn_version(label: str, saved: str | None, strict: bool) -> tuple[str, ...]:
@@ -487,86 +508,6 @@ def _describe_estimator(estimator: Any) -> dict[str, Any]:
         "classes": classes,
         "allow_nan": _allows_nan(estimator),
     }
-
-
-def _describe_sample(
-    estimator: Any, sample: Any, feature_names: Sequence[str] | None
-) -> tuple[tuple[Feature, ...], np.ndarray]:
-    columns = getattr(sample, "columns", None)
-    fitted = getattr(estimator, "feature_names_in_", None)
-    if columns is not None:
-        names = [str(column) for column in columns]
-        dtypes = [sample[column].dtype for column in columns]
-    else:
-        width = np.shape(sample)[1] if np.ndim(sample) == 2 else 0
-        if feature_names is not None:
-            names = list(feature_names)
-        elif fitted is not None:
-            names = [str(name) for name in fitted]
-        else:
-            names = [f"x{index}" for index in range(width)]
-        dtypes = [np.asarray(sample).dtype] * len(names)
-    matrix = np.asarray(sample)
-    if matrix.ndim != 2 or matrix.shape[0] == 0 or matrix.shape[1] != len(names):
-        raise BundleError(f"the sample must have shape (n_samples, n_features); got {matrix.shape}")
-    n_features = getattr(estimator, "n_features_in_", matrix.shape[1])
-    if n_features != matrix.shape[1]:
-        raise BundleError(
-            f"the estimator takes {n_features} features but the sample has {matrix.shape[1]}"
-        )
-    if fitted is not None and [str(name) for name in fitted] != names:
-        raise BundleError("the sample's columns differ from the estimator's feature_names_in_")
-    inputs = []
-    for index, (feature_name, dtype) in enumerate(zip(names, dtypes, strict=True)):
-        datatype = _datatype(dtype, feature_name)
-        column = matrix[:, index].astype(np.float64)
-        finite = column[np.isfinite(column)]
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (None, None)
-        inputs.append(Feature(name=feature_name, datatype=datatype, min=low, max=high))
-    return tuple(inputs), matrix.astype(np.float64)
-
-
-def _datatype(dtype: Any, feature: str) -> str:
-    if not isinstance(dtype, np.dtype):  # pandas extension dtypes: str, category, Int64
-        raise BundleError(
-            f"feature {feature!r} has dtype {dtype}; only numeric and boolean features are "
-            "served: encode it, or convert it to a numpy dtype"
-        )
-    if dtype.kind == "b":
-        return "BOOL"
-    if dtype.kind in "iu":
-        return "INT64"
-    if dtype.kind == "f":
-        return "FP32" if dtype.itemsize <= 4 else "FP64"
-    raise BundleError(
-        f"feature {feature!r} has dtype {dtype}; only numeric and boolean features are served"
-    )
-
-
-def _reference(matrix: np.ndarray, inputs: Sequence[Feature]) -> dict[str, Any]:
-    histograms = {}
-    for index, feature in enumerate(inputs):
-        column = matrix[:, index]
-        column = column[np.isfinite(column)]
-        if not column.size:
-            continue
-        counts, edges = np.histogram(column, bins=HISTOGRAM_BINS)
-        histograms[feature.name] = {"bin_edges": edges.tolist(), "counts": counts.tolist()}
-    rows = [
-        [_json_scalar(value, feature) for value, feature in zip(row, inputs, strict=True)]
-        for row in matrix[:REFERENCE_ROWS]
-    ]
-    return {"n_samples": int(matrix.shape[0]), "rows": rows, "histograms": histograms}
-
-
-def _json_scalar(value: float, feature: Feature) -> Any:
-    if not math.isfinite(value):
-        return None
-    if feature.datatype == "BOOL":
-        return bool(value)
-    if feature.datatype == "INT64":
-        return int(value)
-    return float(value)
 
 
 def _allows_nan(estimator: Any) -> bool:

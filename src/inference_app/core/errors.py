@@ -30,6 +30,11 @@ class ModelNotFoundError(InferenceAppError):
     """No model, or no version of a model, has the requested name."""
 
 
+class NoDefaultModelError(ModelNotFoundError):
+    """A route that takes no model name was called while several models, none of them the
+    default, are served."""
+
+
 class ModelNotReadyError(InferenceAppError):
     """The model is loaded but not warmed up in this process yet."""
 

@@ -1,100 +1,259 @@
-"""Check JSON rows against a model's inputs and convert them to one numpy matrix."""
+"""Check rows or columns against a model's features and build what its estimator takes.
+
+Every protocol's codec hands its values here: rows (JSON arrays or objects), or one column per
+feature (decoded tensors, ``dataframe_split``, CSV cells). A numeric model gets one float64
+matrix, built in one numpy pass (the hot path); a model fitted on a DataFrame with other
+columns gets a ``pandas.DataFrame`` with the training dtypes and column order; a text model
+fitted on a list of texts gets a 1-D array. Only casts that lose nothing are made: integers
+become floats, nothing becomes a string, and strings become numbers only in CSV cells.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from inference_app.core.bundle import Feature
+from inference_app.core.datatypes import (
+    DATATYPES,
+    JSON_TYPE_NAMES,
+    accepted_tensors,
+    tensor_datatype,
+)
 from inference_app.core.errors import InvalidInputError
+from inference_app.core.features import Feature
 
-#: JSON-native Python types each datatype accepts: only casts that lose nothing.
-#: Booleans are not numbers and numeric strings are not numbers (DESIGN section 4).
-ACCEPTED_TYPES: dict[str, frozenset[type]] = {
-    "FP64": frozenset({int, float}),
-    "FP32": frozenset({int, float}),
-    "INT64": frozenset({int}),
-    "BOOL": frozenset({bool}),
-}
-EXPECTED = {"FP64": "a number", "FP32": "a number", "INT64": "an integer", "BOOL": "true or false"}
-JSON_TYPE_NAMES = {
-    str: "a string",
-    bool: "a boolean",
-    int: "an integer",
-    float: "a number",
-    list: "an array",
-    dict: "an object",
-    type(None): "null",
-}
+#: A CSV cell pandas reads as a number: ASCII decimal, optional exponent, or nan / inf.
+CSV_NUMBER = re.compile(
+    r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|inf|infinity)\s*",
+    re.ASCII | re.IGNORECASE,
+)
+CSV_BOOLEANS = {"true": True, "false": False}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: How many known categories a refusal lists.
+SHOWN_CATEGORIES = 10
 
 
-def to_matrix(
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold.
+
+    :param max_rows: the most rows.
+    :param unknown_features: ``"reject"`` or ``"ignore"`` object keys that are not features.
+    :param max_text_length: the longest string value, in characters.
+    """
+
+    max_rows: int = 10_000
+    unknown_features: str = "reject"
+    max_text_length: int = 10_000
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """Checked rows in the layout the estimator takes.
+
+    :param data: a float64 array ``(n_samples, n_features)``, a DataFrame with the training
+        columns and dtypes, or a 1-D object array ``(n_samples,)`` of one text feature.
+    :param rows: ``n_samples``.
+    :param unseen: per categorical feature, how many values were categories the model never
+        saw and tolerates (served, and counted in the metrics).
+    """
+
+    data: Any
+    rows: int
+    unseen: Mapping[str, int] = field(default_factory=dict)
+
+
+def decode(
+    inputs: Sequence[Feature],
+    layout: str,
+    limits: Limits,
+    *,
+    instances: Sequence[Any] | None = None,
+    columns: Mapping[str, Any] | None = None,
+    matrix: np.ndarray | None = None,
+    cells: bool = False,
+    where: str = "instances",
+) -> ModelInput:
+    """Check the rows a codec decoded, in whichever form it gives them, and build the model's
+    input: ``matrix`` (:func:`from_matrix`), ``columns`` (:func:`from_columns`), else
+    ``instances`` (:func:`from_rows`).
+
+    :raises InvalidInputError: naming the row and feature at fault.
+    """
+    if matrix is not None:
+        return from_matrix(matrix, inputs, layout, limits, where)
+    if columns is not None:
+        return from_columns(columns, inputs, layout, limits, where=where, cells=cells)
+    return from_rows(instances or [], inputs, layout, limits, where=where)
+
+
+def from_rows(
     instances: Sequence[Any],
     inputs: Sequence[Feature],
+    layout: str,
+    limits: Limits,
     *,
-    max_rows: int,
-    unknown_features: str = "reject",
-    allow_nan: bool = False,
-) -> np.ndarray:
-    """Convert rows to a float64 matrix of shape ``(n_samples, n_features)``.
+    where: str = "instances",
+) -> ModelInput:
+    """Check rows and build the model's input.
 
     Each row is a list, in the model's feature order, or an object keyed by feature name,
-    reordered to the model's order. The types are checked in one
-    pass over all values; numpy then converts and checks finiteness in one pass.
+    reordered to the model's order. For a numeric model the types are checked in one pass
+    over all values and numpy converts and checks finiteness in one pass.
 
-    :param instances: the rows, as parsed from JSON.
+    :param instances: rows, ``(n_samples, n_features)``, as parsed from JSON.
     :param inputs: the model's features, in its column order.
-    :param max_rows: the most rows one request may hold.
-    :param unknown_features: ``"reject"`` or ``"ignore"`` object keys that are not features.
-    :param allow_nan: accept ``null`` and ``NaN`` as missing values (the estimator
-        handles them); infinity is never accepted.
+    :param layout: ``matrix``, ``frame`` or ``column`` (the manifest's).
+    :param where: the request field holding the rows, for error locations.
     :raises InvalidInputError: naming the row and the feature at fault, and what to send.
     """
-    check_row_count(len(instances), max_rows)
+    check_row_count(len(instances), limits.max_rows, where)
     shapes = set(map(type, instances))
     if shapes == {list}:
-        rows: Sequence[Sequence[Any]] = _check_lengths(instances, inputs)
+        rows: Sequence[Sequence[Any]] = _check_lengths(instances, inputs, where)
     elif shapes <= {list, dict}:
-        rows = _check_lengths(_rows_from_records(instances, inputs, unknown_features), inputs)
+        records = _rows_from_records(instances, inputs, limits.unknown_features, where)
+        rows = _check_lengths(records, inputs, where)
     else:
         index = next(i for i, row in enumerate(instances) if type(row) not in (list, dict))
         got = JSON_TYPE_NAMES.get(type(instances[index]), "a value")
         raise InvalidInputError(
             f"row {index} is {got}: send each row as an array of {len(inputs)} values in the "
             "model's feature order, or as an object keyed by feature name",
-            {"instances": {index: [f"Expected an array or an object, got {got}."]}},
+            {where: {index: [f"Expected an array or an object, got {got}."]}},
         )
-    _check_types(rows, inputs, allow_nan)
-    try:
-        matrix = np.array(rows, dtype=np.float64)
-    except OverflowError:
-        _raise_overflow(rows, inputs)
-    check_finite(matrix, inputs, allow_nan)
-    return matrix
+    if layout == "matrix":
+        return ModelInput(_matrix(rows, inputs, where), len(rows))
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in inputs]
+    return _assemble([list(column) for column in columns], inputs, layout, limits, where)
 
 
-def check_row_count(count: int, max_rows: int, field: str = "instances") -> None:
+def from_columns(
+    columns: Mapping[str, Any],
+    inputs: Sequence[Feature],
+    layout: str,
+    limits: Limits,
+    *,
+    where: str = "inputs",
+    cells: bool = False,
+) -> ModelInput:
+    """Check one column per feature and build the model's input.
+
+    :param columns: each feature's values by name, ``(n_samples,)`` each: lists of
+        JSON-native values, or numpy arrays (decoded binary tensors).
+    :param cells: the values are CSV text cells, converted by each feature's datatype
+        (an empty cell is missing; numbers must read as pandas reads them).
+    :raises InvalidInputError: an unknown or missing column, columns of unequal length, or a
+        value that does not fit its feature, naming the row and feature.
+    """
+    names = [feature.name for feature in inputs]
+    unknown = [str(name) for name in columns if name not in set(names)]
+    if unknown and limits.unknown_features == "reject":
+        raise InvalidInputError(
+            f"unknown {_noun(where)} {_quoted(unknown)}: the model takes {_quoted(names)}",
+            {where: {name[:100]: ["Unknown field."] for name in unknown[:10]}},
+        )
+    lengths = {len(column) for column in columns.values()}
+    if len(lengths) > 1:
+        raise InvalidInputError(
+            f"the {_noun(where)}s have different lengths: {sorted(lengths)}; send one value "
+            "per row in each"
+        )
+    missing = [name for name in names if name not in columns]
+    if missing:
+        raise InvalidInputError(
+            f"missing {_noun(where)} {_quoted(missing)}: send every one of {_quoted(names)}",
+            {where: {name: ["Missing data for required field."] for name in missing[:10]}},
+        )
+    count = lengths.pop() if lengths else 0
+    check_row_count(count, limits.max_rows, where)
+    values = [columns[name] for name in names]
+    if cells:
+        values = [
+            [_from_cell(cell, feature, row) for row, cell in enumerate(column)]
+            for column, feature in zip(values, inputs, strict=True)
+        ]
+    if layout == "matrix" and all(
+        isinstance(v, np.ndarray) and v.dtype.kind in "biuf" for v in values
+    ):
+        for column, feature in zip(values, inputs, strict=True):
+            _check_tensor(column, feature, where)
+        matrix = np.column_stack([v.astype(np.float64) for v in values])
+        check_finite(matrix, inputs, where)
+        return ModelInput(matrix, count)
+    if layout == "matrix":
+        rows = list(zip(*(list(v) for v in values), strict=True))
+        return ModelInput(_matrix(rows, inputs, where), count)
+    return _assemble(
+        [list(v) if not isinstance(v, np.ndarray) else v for v in values],
+        inputs,
+        layout,
+        limits,
+        where,
+    )
+
+
+def from_matrix(
+    array: np.ndarray, inputs: Sequence[Feature], layout: str, limits: Limits, where: str
+) -> ModelInput:
+    """Check a numeric array ``(n_samples, n_features)`` in the model's feature order.
+
+    :raises InvalidInputError: the width differs from the model's, or a value is not finite.
+    """
+    if array.ndim != 2 or array.shape[1] != len(inputs):
+        names = _quoted([feature.name for feature in inputs])
+        raise InvalidInputError(
+            f"{where}: shape {list(array.shape)} does not fit the model's {len(inputs)} "
+            f"features: send [N, {len(inputs)}] in this order: {names}"
+        )
+    check_row_count(array.shape[0], limits.max_rows, where)
+    for feature in inputs:
+        _check_tensor(array, feature, where)
+    if array.dtype == object:
+        columns = {f.name: array[:, i].tolist() for i, f in enumerate(inputs)}
+        return from_columns(columns, inputs, layout, limits, where=where)
+    if layout != "matrix":
+        return from_columns(
+            {f.name: array[:, i] for i, f in enumerate(inputs)}, inputs, layout, limits, where=where
+        )
+    matrix = array.astype(np.float64)
+    check_finite(matrix, inputs, where)
+    return ModelInput(matrix, array.shape[0])
+
+
+def check_row_count(count: int, max_rows: int, where: str = "instances") -> None:
     """Check that a request holds from 1 to ``max_rows`` rows.
 
     :raises InvalidInputError: no rows, or too many.
     """
     if count == 0:
         raise InvalidInputError(
-            f"`{field}` is empty: send at least one row", {field: ["Send at least one row."]}
+            f"`{where}` is empty: send at least one row", {where: ["Send at least one row."]}
         )
     if count > max_rows:
         raise InvalidInputError(
             f"{count} rows is more than the {max_rows} one request may hold: split the batch",
-            {field: [f"At most {max_rows} rows per request."]},
+            {where: [f"At most {max_rows} rows per request."]},
         )
 
 
+def concat(parts: Sequence[Any]) -> Any:
+    """Join the ``data`` of several inputs of one model, rows after rows."""
+    if isinstance(parts[0], pd.DataFrame):
+        return pd.concat(parts, ignore_index=True)
+    return np.concatenate(parts)
+
+
 def _rows_from_records(
-    rows: Sequence[Any], inputs: Sequence[Feature], unknown_features: str
+    rows: Sequence[Any], inputs: Sequence[Feature], unknown_features: str, where: str
 ) -> list[list[Any]]:
     """Return the rows with each object row turned into its values in the model's order."""
     names = [feature.name for feature in inputs]
@@ -108,22 +267,20 @@ def _rows_from_records(
             raise InvalidInputError(
                 f"row {index} lacks feature{'s' if len(missing) > 1 else ''} "
                 f"{_quoted(missing)}: send every one of {_quoted(names)}",
-                {
-                    "instances": {
-                        index: {name: ["Missing data for required field."] for name in missing}
-                    }
-                },
+                {where: {index: {name: ["Missing data for required field."] for name in missing}}},
             )
         if unknown and unknown_features == "reject":
             raise InvalidInputError(
                 f"row {index} has unknown feature{'s' if len(unknown) > 1 else ''} "
                 f"{_quoted(unknown)}: the model takes {_quoted(names)}",
-                {"instances": {index: {key[:100]: ["Unknown field."] for key in unknown[:10]}}},
+                {where: {index: {key[:100]: ["Unknown field."] for key in unknown[:10]}}},
             )
     return [[row[name] for name in names] if type(row) is dict else row for row in rows]
 
 
-def _check_lengths(rows: Sequence[list[Any]], inputs: Sequence[Feature]) -> Sequence[list[Any]]:
+def _check_lengths(
+    rows: Sequence[Sequence[Any]], inputs: Sequence[Feature], where: str
+) -> Sequence[Sequence[Any]]:
     width = len(inputs)
     if set(map(len, rows)) != {width}:
         index, row = next((i, row) for i, row in enumerate(rows) if len(row) != width)
@@ -131,37 +288,76 @@ def _check_lengths(rows: Sequence[list[Any]], inputs: Sequence[Feature]) -> Sequ
         raise InvalidInputError(
             f"row {index} has {len(row)} values but the model takes {width}: send them in "
             f"this order: {names}",
-            {"instances": {index: [f"Expected {width} values, got {len(row)}."]}},
+            {where: {index: [f"Expected {width} values, got {len(row)}."]}},
         )
     return rows
 
 
-def _check_types(rows: Sequence[Sequence[Any]], inputs: Sequence[Feature], allow_nan: bool) -> None:
-    missing_ok = frozenset({type(None)}) if allow_nan else frozenset()
-    accepted = [ACCEPTED_TYPES[feature.datatype] | missing_ok for feature in inputs]
+def _accepted(feature: Feature) -> frozenset[type]:
+    types = DATATYPES[feature.datatype].json_types
+    return types | {type(None)} if feature.nullable else types
+
+
+def _matrix(rows: Sequence[Sequence[Any]], inputs: Sequence[Feature], where: str) -> np.ndarray:
+    """Build the float64 matrix of numeric rows: one type pass, one numpy pass."""
+    accepted = [_accepted(feature) for feature in inputs]
     common = frozenset.intersection(*accepted)
-    if set(map(type, itertools.chain.from_iterable(rows))) <= common:
-        return
-    for index, row in enumerate(rows):
-        for value, feature, types in zip(row, inputs, accepted, strict=True):
-            if type(value) not in types:
-                got = JSON_TYPE_NAMES.get(type(value), type(value).__name__)
-                hint = "; numbers in strings are not converted" if type(value) is str else ""
-                expected = EXPECTED[feature.datatype]
-                raise InvalidInputError(
-                    f"row {index}, feature {feature.name!r}: expected {expected}, got {got}{hint}",
-                    {"instances": {index: {feature.name: [f"Expected {expected}, got {got}."]}}},
-                )
+    if not set(map(type, itertools.chain.from_iterable(rows))) <= common:
+        for index, row in enumerate(rows):
+            for value, feature, types in zip(row, inputs, accepted, strict=True):
+                if type(value) not in types:
+                    raise _type_error(index, feature, value, where)
+    try:
+        matrix = np.array(rows, dtype=np.float64)
+    except OverflowError:
+        _raise_overflow(rows, inputs, where)
+    check_finite(matrix, inputs, where)
+    return matrix
 
 
-def _raise_overflow(rows: Sequence[Sequence[Any]], inputs: Sequence[Feature]) -> None:
+def _check_tensor(array: np.ndarray, feature: Feature, where: str) -> None:
+    """Refuse a decoded tensor whose datatype does not fit ``feature`` (lossless casts only)."""
+    try:
+        datatype = tensor_datatype(array.dtype)
+    except StopIteration:
+        datatype = str(array.dtype)
+    accepted = accepted_tensors(feature.datatype)
+    if datatype not in accepted:
+        raise InvalidInputError(
+            f"feature {feature.name!r} ({feature.datatype}) takes tensors of datatype "
+            f"{', '.join(sorted(accepted))}; got {datatype}",
+            {where: {feature.name: [f"Expected {DATATYPES[feature.datatype].expected}."]}},
+        )
+
+
+def _type_error(index: int, feature: Feature, value: Any, where: str) -> InvalidInputError:
+    got = JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+    expected = DATATYPES[feature.datatype].expected
+    if value is None:
+        message = f"this feature cannot be missing; send {expected}"
+        detail = f"Missing values are not accepted: send {expected}."
+    else:
+        hint = ""
+        if type(value) is str and DATATYPES[feature.datatype].numeric:
+            hint = "; numbers in strings are not converted"
+        elif feature.datatype in ("BYTES", "DATETIME") and type(value) in (int, float, bool):
+            hint = "; numbers are not converted to strings"
+        message = f"expected {expected}, got {got}{hint}"
+        detail = f"Expected {expected}, got {got}."
+    return InvalidInputError(
+        f"row {index}, feature {feature.name!r}: {message}",
+        {where: {index: {feature.name: [detail]}}},
+    )
+
+
+def _raise_overflow(rows: Sequence[Sequence[Any]], inputs: Sequence[Feature], where: str) -> None:
     for index, row in enumerate(rows):
         for value, feature in zip(row, inputs, strict=True):
             if type(value) is int and not math.isfinite(_as_float(value)):
                 message = "Expected a number within float64's range (about ±1.8e308)."
                 raise InvalidInputError(
                     f"row {index}, feature {feature.name!r}: the integer is too large for float64",
-                    {"instances": {index: {feature.name: [message]}}},
+                    {where: {index: {feature.name: [message]}}},
                 )
     raise AssertionError("numpy reported an overflow that no value explains")
 
@@ -173,27 +369,198 @@ def _as_float(value: int) -> float:
         return math.inf
 
 
-def check_finite(matrix: np.ndarray, inputs: Sequence[Feature], allow_nan: bool) -> None:
-    """Check a ``(n_samples, n_features)`` matrix holds no infinity, nor NaN unless allowed.
+def check_finite(matrix: np.ndarray, inputs: Sequence[Feature], where: str = "instances") -> None:
+    """Check a ``(n_samples, n_features)`` matrix holds no infinity, no NaN in a feature that
+    cannot be missing, and no value beyond float32 in an ``FP32`` feature.
 
     :raises InvalidInputError: naming the first row and feature at fault.
     """
-    bad = np.isinf(matrix) if allow_nan else ~np.isfinite(matrix)
+    nullable = np.array([feature.nullable for feature in inputs])
+    with np.errstate(invalid="ignore"):
+        bad = np.isinf(matrix) | (np.isnan(matrix) & ~nullable)
+    float32 = np.array([feature.datatype == "FP32" for feature in inputs])
+    if float32.any():
+        with np.errstate(invalid="ignore"):
+            bad |= (np.abs(matrix) > FLOAT32_MAX) & float32
     if not bad.any():
         return
     index, column = (int(i) for i in np.argwhere(bad)[0])
-    feature = inputs[column].name
+    feature = inputs[column]
     value = matrix[index, column]
     if np.isnan(value):
-        message = "Expected a finite number; this model does not accept missing values (NaN)."
+        message = "Expected a finite number; this feature does not accept missing values (NaN)."
+    elif feature.datatype == "FP32" and np.isfinite(value):
+        message = "Expected a number within float32's range (about ±3.4e38)."
     else:
-        message = "Expected a finite number; infinity (or a literal beyond float64) is refused."
+        limit = "float32" if feature.datatype == "FP32" else "float64"
+        message = f"Expected a finite number; infinity (or a literal beyond {limit}) is refused."
     raise InvalidInputError(
-        f"row {index}, feature {feature!r}: {message}",
-        {"instances": {index: {feature: [message]}}},
+        f"row {index}, feature {feature.name!r}: {message}",
+        {where: {index: {feature.name: [message]}}},
     )
 
 
+def _from_cell(cell: Any, feature: Feature, row: int) -> Any:
+    """Return a CSV cell as the feature's JSON-native value; empty cells are missing."""
+    if type(cell) is not str:
+        return cell
+    if not cell.strip() and feature.datatype != "BYTES" or cell == "":
+        return None
+    datatype = DATATYPES[feature.datatype]
+    if datatype.numeric:
+        if not CSV_NUMBER.fullmatch(cell):
+            raise InvalidInputError(
+                f"CSV line {row + 2}, column {feature.name!r}: {cell[:50]!r} is not a number",
+                {"csv": {row: {feature.name: ["Expected a number."]}}},
+            )
+        number = float(cell)
+        if feature.datatype == "INT64" and number.is_integer():
+            return int(number)
+        return number
+    if feature.datatype == "BOOL":
+        if cell.strip().lower() not in CSV_BOOLEANS:
+            raise InvalidInputError(
+                f"CSV line {row + 2}, column {feature.name!r}: {cell[:50]!r} is not true or false",
+                {"csv": {row: {feature.name: ["Expected true or false."]}}},
+            )
+        return CSV_BOOLEANS[cell.strip().lower()]
+    return cell
+
+
+def _assemble(
+    columns: list[Any], inputs: Sequence[Feature], layout: str, limits: Limits, where: str
+) -> ModelInput:
+    """Check each column against its feature and build a DataFrame (or the one column)."""
+    built, unseen = {}, {}
+    for values, feature in zip(columns, inputs, strict=True):
+        built[feature.name], count = _column(values, feature, limits, where)
+        if count:
+            unseen[feature.name] = count
+    rows = len(columns[0]) if columns else 0
+    if layout == "column":
+        return ModelInput(built[inputs[0].name], rows, unseen)
+    return ModelInput(pd.DataFrame(built, columns=[f.name for f in inputs]), rows, unseen)
+
+
+def _column(values: Any, feature: Feature, limits: Limits, where: str) -> tuple[Any, int]:
+    """Check one feature's values; return them in the training dtype, and the count of
+    tolerated unseen categories."""
+    datatype = DATATYPES[feature.datatype]
+    if isinstance(values, np.ndarray) and values.dtype == object:
+        values = values.tolist()
+    if isinstance(values, np.ndarray):
+        _check_tensor(values, feature, where)
+        array = values
+    else:
+        accepted = _accepted(feature)
+        if not set(map(type, values)) <= accepted:
+            index = next(i for i, value in enumerate(values) if type(value) not in accepted)
+            raise _type_error(index, feature, values[index], where)
+        if datatype.numeric:
+            try:
+                array = np.array(
+                    [math.nan if value is None else value for value in values], dtype=np.float64
+                )
+            except OverflowError:
+                _raise_overflow([[value] for value in values], [feature], where)
+        elif feature.datatype == "BOOL":
+            return _typed(pd.array(values, dtype="boolean"), feature), 0
+        elif feature.datatype == "DATETIME":
+            return _datetimes(values, feature, where), 0
+        else:
+            return _strings(values, feature, limits, where)
+    if datatype.numeric:
+        check_finite(array.reshape(-1, 1).astype(np.float64), [feature], where)
+    return _typed(array, feature), 0
+
+
+def _typed(array: Any, feature: Feature) -> Any:
+    """Cast a checked column to the training dtype where that loses nothing."""
+    dtype = feature.dtype
+    if dtype is None:
+        return array
+    if dtype in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64"):
+        floats = np.asarray(array, dtype=np.float64)
+        if np.isnan(floats).any() or not np.equal(np.mod(floats, 1), 0).all():
+            return floats  # a missing value or a fraction: float64, as pandas would hold it
+        return floats.astype(dtype)
+    try:
+        return (
+            pd.array(array, dtype=dtype)
+            if dtype[:1].isupper() or dtype == "boolean"
+            else (np.asarray(array).astype(dtype))
+        )
+    except (TypeError, ValueError):
+        return array
+
+
+def _strings(
+    values: Sequence[Any], feature: Feature, limits: Limits, where: str
+) -> tuple[Any, int]:
+    longest = max((len(value) for value in values if value is not None), default=0)
+    if longest > limits.max_text_length:
+        index = next(
+            i for i, v in enumerate(values) if v is not None and len(v) > limits.max_text_length
+        )
+        message = f"Longer than {limits.max_text_length} characters (MAX_TEXT_LENGTH)."
+        raise InvalidInputError(
+            f"row {index}, feature {feature.name!r}: the text has {len(values[index])} "
+            f"characters; at most {limits.max_text_length} are accepted (MAX_TEXT_LENGTH)",
+            {where: {index: {feature.name: [message]}}},
+        )
+    unseen = 0
+    if feature.kind == "categorical" and feature.categories is not None:
+        known = set(feature.categories)
+        strange = [i for i, value in enumerate(values) if value is not None and value not in known]
+        if strange and feature.unknown_categories == "error":
+            index = strange[0]
+            shown = ", ".join(repr(c) for c in feature.categories[:SHOWN_CATEGORIES])
+            more = len(feature.categories) - SHOWN_CATEGORIES
+            listing = shown + (f" and {more} more" if more > 0 else "")
+            raise InvalidInputError(
+                f"row {index}, feature {feature.name!r}: {str(values[index])[:100]!r} is not a "
+                f"category the model knows; send one of {listing}",
+                {where: {index: {feature.name: [f"Must be one of: {listing}."]}}},
+            )
+        unseen = len(strange)
+    array = np.array([math.nan if value is None else value for value in values], dtype=object)
+    if feature.dtype == "category":
+        return pd.Categorical(array, categories=list(feature.categories or ())), unseen
+    if feature.dtype in ("str", "string"):
+        return pd.array(array, dtype=feature.dtype), unseen
+    return array, unseen
+
+
+def _datetimes(values: Sequence[Any], feature: Feature, where: str) -> Any:
+    tz = getattr(pd.api.types.pandas_dtype(feature.dtype or "datetime64[ns]"), "tz", None)
+    parsed: list[Any] = []
+    for index, value in enumerate(values):
+        if value is None:
+            parsed.append(pd.NaT)
+            continue
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            message = "Expected an ISO 8601 date-time, such as 2024-05-01T13:45:00Z."
+            raise InvalidInputError(
+                f"row {index}, feature {feature.name!r}: {value[:50]!r} is not an ISO 8601 "
+                "date-time; send one such as 2024-05-01T13:45:00Z",
+                {where: {index: {feature.name: [message]}}},
+            ) from None
+        stamp = pd.Timestamp(moment)
+        if tz is None and stamp.tzinfo is not None:
+            stamp = stamp.tz_convert("UTC").tz_localize(None)
+        elif tz is not None:
+            stamp = stamp.tz_localize(tz) if stamp.tzinfo is None else stamp.tz_convert(tz)
+        parsed.append(stamp)
+    series = pd.Series(parsed, dtype=feature.dtype or "datetime64[ns]")
+    return series.to_numpy() if tz is None else series.array
+
+
+def _noun(where: str) -> str:
+    return "input" if where == "inputs" else "column" if where != "instances" else "feature"
+
+
 def _quoted(names: Sequence[str], most: int = 10) -> str:
-    shown = ", ".join(repr(name[:100]) for name in names[:most])
+    shown = ", ".join(repr(str(name)[:100]) for name in names[:most])
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")

@@ -1,4 +1,4 @@
-"""Open Inference Protocol tensors: decode request inputs to a matrix, encode outputs.
+"""The Open Inference Protocol's codec: request tensors to rows for the dataplane, outputs back.
 
 The protocol is KServe's "Open Inference Protocol (V2)", REST: ``docs/predict-api/v2/
 required_api.md``, sections "Tensor Data" and "Tensor Data Types", and Triton's binary tensor
@@ -15,43 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from inference_app.core.bundle import Feature
+from inference_app.core.datatypes import DATATYPES, JSON_TYPE_NAMES, TENSOR_DATATYPES
 from inference_app.core.errors import InvalidInputError
-from inference_app.core.inputs import check_finite, check_row_count
 
-#: numpy dtypes of the protocol's datatypes ("Tensor Data Types"); BYTES are Python strings.
-NUMPY_DTYPES: dict[str, Any] = {
-    "BOOL": np.bool_,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "BYTES": np.object_,
-}
-#: JSON element types each datatype accepts; booleans are not integers.
+#: JSON element types each tensor datatype accepts; booleans are not integers, and ``null``
+#: is a missing value (NaN) in float tensors and a missing string in ``BYTES`` tensors.
 ELEMENT_TYPES: dict[str, frozenset[type]] = {
-    **{datatype: frozenset({int}) for datatype in NUMPY_DTYPES if datatype[0] in "IU"},
-    "FP16": frozenset({int, float}),
-    "FP32": frozenset({int, float}),
-    "FP64": frozenset({int, float}),
-    "BOOL": frozenset({bool}),
-    "BYTES": frozenset({str}),
+    name: DATATYPES[name].json_types
+    | ({type(None)} if name == "BYTES" or name.startswith("FP") else set())
+    for name in TENSOR_DATATYPES
 }
-#: Which tensor datatypes a model input of each datatype takes (lossless enough: integers
-#: become float64, as scikit-learn does).
-COMPATIBLE: dict[str, frozenset[str]] = {
-    "FP64": frozenset(set(NUMPY_DTYPES) - {"BOOL", "BYTES"}),
-    "FP32": frozenset(set(NUMPY_DTYPES) - {"BOOL", "BYTES"}),
-    "INT64": frozenset(d for d in NUMPY_DTYPES if d[0] in "IU"),
-    "BOOL": frozenset({"BOOL"}),
-}
+PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings", type(None): "null"}
 #: The name of the single ``[N, n_features]`` input tensor in model metadata.
 MATRIX_INPUT = "input-0"
 
@@ -67,8 +41,8 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
     """
     name, datatype = str(tensor["name"]), str(tensor["datatype"])
     shape = [int(dim) for dim in tensor["shape"]]
-    if datatype not in NUMPY_DTYPES:
-        raise _error(name, f"datatype {datatype!r} is not one of {', '.join(NUMPY_DTYPES)}")
+    if datatype not in TENSOR_DATATYPES:
+        raise _error(name, f"datatype {datatype!r} is not one of {', '.join(TENSOR_DATATYPES)}")
     if any(dim < 0 for dim in shape):
         raise _error(name, f"shape {shape} has a negative dimension")
     count = math.prod(shape)
@@ -85,46 +59,43 @@ def decode_tensor(tensor: Mapping[str, Any]) -> np.ndarray:
         raise _error(name, f"shape {shape} is too large") from None
 
 
-def to_matrix(
-    tensors: Sequence[Mapping[str, Any]],
-    inputs: Sequence[Feature],
-    *,
-    max_rows: int,
-    allow_nan: bool = False,
-) -> np.ndarray:
-    """Build the float64 matrix ``(n_samples, n_features)`` from request inputs.
+def decode_inputs(tensors: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Return the rows of a request's inputs, as :class:`~inference_app.core.dataplane.
+    InferenceRequest` fields: ``{"matrix": array}`` or ``{"columns": {name: array}}``.
 
-    Either one tensor of shape ``[N, n_features]`` in the model's feature order (named
-    :data:`MATRIX_INPUT`, or any name that is not a feature), or one tensor per feature,
-    named as the feature, of shape ``[N]`` or ``[N, 1]``.
+    Either one tensor :data:`MATRIX_INPUT` of shape ``[N, n_features]`` in the model's
+    feature order, or one tensor per feature, named as the feature, of shape ``[N]`` or
+    ``[N, 1]`` (MLServer's and KServe's ``pd`` content type; ``BYTES`` for strings, decoded
+    as UTF-8 text, which is the ``str`` content type). Names are checked against the model's
+    features by the dataplane.
 
-    :raises InvalidInputError: a tensor that does not fit the model, naming it.
+    :raises InvalidInputError: no tensor, a tensor sent twice, or a shape that is neither.
     """
-    names = [feature.name for feature in inputs]
     if not tensors:
         raise InvalidInputError("`inputs` is empty: send at least one tensor")
-    single = tensors[0]
-    if (
-        len(tensors) == 1
-        and len(single["shape"]) == 2
-        and (single["name"] not in names or len(names) == 1)
-    ):
-        array = decode_tensor(single)
-        if array.shape[1] != len(inputs):
+    if len(tensors) == 1 and tensors[0]["name"] == MATRIX_INPUT:
+        array = decode_tensor(tensors[0])
+        if array.ndim == 1:
+            array = array.reshape(-1, 1)
+        if array.ndim != 2:
+            raise _error(MATRIX_INPUT, f"shape {list(array.shape)}: send [N, n_features]")
+        return {"matrix": array}
+    columns: dict[str, Any] = {}
+    for tensor in tensors:
+        name = str(tensor["name"])
+        if name in columns:
+            raise _error(name, "is sent twice")
+        array = decode_tensor(tensor)
+        if array.ndim == 2 and array.shape[1] == 1:
+            array = array[:, 0]
+        if array.ndim != 1:
             raise _error(
-                single["name"],
-                f"shape {list(array.shape)} has {array.shape[1]} columns but the model takes "
-                f"{len(inputs)} features: {', '.join(names[:10])}",
+                name,
+                f"shape {list(array.shape)}: a feature tensor is [N] or [N, 1]; send the "
+                f"whole matrix as one tensor named {MATRIX_INPUT!r}",
             )
-        for feature in inputs:
-            _check_compatible(single["name"], str(single["datatype"]), feature)
-        columns = [array[:, index] for index in range(array.shape[1])]
-    else:
-        columns = _feature_columns(tensors, inputs)
-    check_row_count(len(columns[0]) if columns else 0, max_rows, "inputs")
-    matrix = np.column_stack([column.astype(np.float64) for column in columns])
-    check_finite(matrix, inputs, allow_nan)
-    return matrix
+        columns[name] = array
+    return {"columns": columns}
 
 
 def encode_output(name: str, values: list[Any], shape: Sequence[int]) -> dict[str, Any]:
@@ -147,51 +118,6 @@ def encode_output(name: str, values: list[Any], shape: Sequence[int]) -> dict[st
     return {"name": name, "datatype": datatype, "shape": list(shape), "data": flat}
 
 
-def _feature_columns(
-    tensors: Sequence[Mapping[str, Any]], inputs: Sequence[Feature]
-) -> list[np.ndarray]:
-    by_name = {feature.name: feature for feature in inputs}
-    unknown = [str(t["name"]) for t in tensors if t["name"] not in by_name]
-    if unknown:
-        names = ", ".join(repr(name[:100]) for name in unknown[:10])
-        expected = ", ".join(list(by_name)[:10])
-        raise InvalidInputError(
-            f"unknown input {names}: send one tensor {MATRIX_INPUT!r} of shape [N, "
-            f"{len(inputs)}] or one tensor per feature: {expected}"
-            + (" ..." if len(inputs) > 10 else "")
-        )
-    decoded: dict[str, np.ndarray] = {}
-    for tensor in tensors:
-        name = str(tensor["name"])
-        if name in decoded:
-            raise _error(name, "is sent twice")
-        array = decode_tensor(tensor)
-        if array.ndim == 2 and array.shape[1] == 1:
-            array = array[:, 0]
-        if array.ndim != 1:
-            raise _error(name, f"shape {list(array.shape)}: a feature tensor is [N] or [N, 1]")
-        _check_compatible(name, str(tensor["datatype"]), by_name[name])
-        decoded[name] = array
-    missing = [name for name in by_name if name not in decoded]
-    if missing:
-        raise InvalidInputError(
-            f"missing input {', '.join(repr(name) for name in missing[:10])}: send every feature"
-        )
-    lengths = {len(array) for array in decoded.values()}
-    if len(lengths) > 1:
-        raise InvalidInputError(f"feature tensors have different lengths: {sorted(lengths)}")
-    return [decoded[feature.name] for feature in inputs]
-
-
-def _check_compatible(name: str, datatype: str, feature: Feature) -> None:
-    if datatype not in COMPATIBLE[feature.datatype]:
-        raise _error(
-            name,
-            f"datatype {datatype} does not fit feature {feature.name!r} ({feature.datatype}); "
-            f"send one of {', '.join(sorted(COMPATIBLE[feature.datatype]))}",
-        )
-
-
 def _from_json(name: str, datatype: str, data: Any, shape: Sequence[int]) -> np.ndarray:
     if type(data) is not list:
         raise _error(name, "`data` must be an array")
@@ -210,25 +136,34 @@ def _from_json(name: str, datatype: str, data: Any, shape: Sequence[int]) -> np.
         wrong = next(value for value in flat if type(value) not in accepted)
         raise _error(
             name,
-            f"datatype {datatype} takes {' or '.join(sorted(t.__name__ for t in accepted))} "
-            f"elements, got {type(wrong).__name__}",
+            f"datatype {datatype} takes {' or '.join(sorted(PLURALS[t] for t in accepted))}; "
+            f"got {JSON_TYPE_NAMES.get(type(wrong), type(wrong).__name__)}",
         )
+    dtype = np.dtype(DATATYPES[datatype].dtype)
     try:
-        # A float beyond FP16/FP32 becomes infinity, which check_finite then refuses.
         with np.errstate(over="ignore"):
-            return np.array(flat, dtype=NUMPY_DTYPES[datatype])
+            array = np.array(flat, dtype=dtype)
     except OverflowError:
         raise _error(name, f"an element is out of {datatype}'s range") from None
+    if dtype.kind == "f" and dtype.itemsize < 8:
+        with np.errstate(invalid="ignore"):
+            beyond = np.isinf(array) & np.isfinite(np.array(flat, dtype=np.float64))
+        if beyond.any():
+            limit = float(np.finfo(dtype).max)
+            raise _error(name, f"an element is beyond {datatype}'s range (about ±{limit:.2g})")
+    return array
 
 
 def _from_bytes(name: str, datatype: str, data: bytes, count: int) -> np.ndarray:
     if datatype != "BYTES":
-        dtype = np.dtype(NUMPY_DTYPES[datatype]).newbyteorder("<")
+        dtype = np.dtype(DATATYPES[datatype].dtype).newbyteorder("<")
         if len(data) != count * dtype.itemsize:
             raise _error(
                 name, f"binary data has {len(data)} bytes; the shape needs {count * dtype.itemsize}"
             )
         return np.frombuffer(data, dtype=dtype)
+    if count * 4 > len(data):  # each element takes a 4-byte length at least
+        raise _error(name, f"binary data has {len(data)} bytes: too few for {count} elements")
     items, offset = [], 0
     while offset < len(data):
         if offset + 4 > len(data):

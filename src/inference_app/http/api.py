@@ -21,8 +21,9 @@ from werkzeug.routing import BaseConverter
 from werkzeug.sansio.response import Response as WerkzeugResponse
 
 from inference_app import config
+from inference_app.core.dataplane import DataPlane
+from inference_app.core.errors import NoDefaultModelError
 from inference_app.core.registry import Registry
-from inference_app.core.runtime import Runtime
 from inference_app.http import errors
 
 EXTENSION = "inference_app"
@@ -56,12 +57,12 @@ class Services:
     """The serving core one app uses, kept in ``app.extensions["inference_app"]``."""
 
     registry: Registry
-    runtime: Runtime
+    dataplane: DataPlane
 
 
-def init_services(app: Flask, registry: Registry, runtime: Runtime) -> None:
-    """Attach the registry and runtime to ``app``."""
-    app.extensions[EXTENSION] = Services(registry=registry, runtime=runtime)
+def init_services(app: Flask, registry: Registry, dataplane: DataPlane) -> None:
+    """Attach the registry and dataplane to ``app``."""
+    app.extensions[EXTENSION] = Services(registry=registry, dataplane=dataplane)
 
 
 def get_registry() -> Registry:
@@ -70,18 +71,31 @@ def get_registry() -> Registry:
     return services.registry
 
 
-def get_runtime() -> Runtime:
-    """Return the current app's runtime."""
+def get_dataplane() -> DataPlane:
+    """Return the current app's dataplane."""
     services: Services = current_app.extensions[EXTENSION]
-    return services.runtime
+    return services.dataplane
 
 
-def default_model_name() -> str:
-    """Return the model ``POST /predict`` uses: ``DEFAULT_MODEL``, else the first by name.
+def default_model_name(header: str | None = None) -> str:
+    """Return the model a route without a model name uses: the one the ``X-Model-Name``
+    ``header`` names, else ``DEFAULT_MODEL``, else the only model served.
 
     With no model loaded, the name is empty, so the lookup answers 404 naming none.
+
+    :raises NoDefaultModelError: several models are served and none is chosen, naming them
+        and the two ways to choose.
     """
-    return config.default_model(current_app, get_registry().models)
+    if header:
+        return header
+    models = get_registry().models
+    name = config.default_model(current_app, models)
+    if not name and len(models) > 1:
+        raise NoDefaultModelError(
+            f"{len(models)} models are served ({', '.join(models)}) and none is the default: "
+            "name one in the X-Model-Name header, or set DEFAULT_MODEL"
+        )
+    return name
 
 
 #: A model name or version in a URL: one path segment, no ``:`` (DESIGN section 3).
@@ -107,7 +121,7 @@ def record_stage(stage: str, seconds: float) -> None:
 class JSONProvider(DefaultJSONProvider):
     """Flask's JSON through orjson, with the standard library's messages for bad input.
 
-    Outputs must already be finite: :func:`~inference_app.core.runtime.json_values` refuses
+    Outputs must already be finite: :func:`~inference_app.core.dataplane.json_values` refuses
     NaN and infinity in predictions, and the standard library path refuses them elsewhere.
     """
 

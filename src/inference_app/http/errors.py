@@ -16,6 +16,7 @@ from inference_app.core.errors import (
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
+    NoDefaultModelError,
 )
 
 #: What an envelope is built from: the status, one sentence, and marshmallow-style details.
@@ -75,6 +76,7 @@ DIALECTS = (V2, MLFLOW)
 #: The HTTP status of each domain error a request can meet (InvalidInputError: the dialect's).
 STATUS_OF_ERROR: dict[type[InferenceAppError], int] = {
     ModelNotFoundError: 404,
+    NoDefaultModelError: 400,
     ModelNotReadyError: 503,
 }
 

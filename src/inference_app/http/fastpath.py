@@ -5,7 +5,7 @@ routing, hooks and flask-smorest's wrappers cost more than the prediction itself
 (bench/RESULTS.md). :class:`FastPath` answers a successful
 ``POST /v1/models/<name>[/versions/<version>]:predict`` or
 ``POST /v2/models/<name>[/versions/<version>]/infer`` straight from the WSGI environ with the
-same schemas, runtime, metrics, access log line and headers as the Flask route, so its answer
+same schemas, dataplane, metrics, access log line and headers as the Flask route, so its answer
 is byte for byte the route's (tests check this). Anything else falls through to Flask before
 any answer is written: another route, a body without ``Content-Length`` (or, for ``:predict``,
 not JSON), a missing or wrong API key, a full concurrency cap, CORS, or any error at all. The
@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ import orjson
 from flask import Flask
 
 from inference_app import metrics
-from inference_app.core.runtime import Runtime
+from inference_app.core.dataplane import DataPlane, InferenceRequest
 from inference_app.http import observe, security, v2
 from inference_app.http.api import EXTENSION, SEGMENT, Services, check_depth
 from inference_app.http.schemas import PredictRequestSchema, PredictResponseSchema
@@ -44,6 +44,7 @@ class Answer:
     version: str
     rows: int
     timings: dict[str, float]
+    unseen: Mapping[str, int]
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Route:
     :param json_only: whether only ``Content-Type: application/json`` bodies are taken (the
         V2 route takes bodies without one: ``tritonclient`` sends none).
     :param parse: the body's bytes and the request environ to the loaded JSON.
-    :param answer: the runtime, name, version and loaded JSON to the answer.
+    :param answer: the dataplane, name, version and loaded JSON to the answer.
     """
 
     pattern: re.Pattern[str]
@@ -64,40 +65,42 @@ class Route:
     labels: tuple[str, str]
     json_only: bool
     parse: Callable[[bytes, dict[str, Any], Callable[[bytes], Any]], Any]
-    answer: Callable[[Runtime, str, str | None, Any], Answer]
+    answer: Callable[[DataPlane, str, str | None, Any], Answer]
 
 
 _predict_request, _predict_response = PredictRequestSchema(), PredictResponseSchema()
 _infer_request, _infer_response = v2.InferRequestSchema(), v2.InferResponseSchema()
 
 
-def _predict(runtime: Runtime, name: str, version: str | None, data: Any) -> Answer:
+def _predict(dataplane: DataPlane, name: str, version: str | None, data: Any) -> Answer:
     request = _predict_request.load(data)
-    prediction = runtime.predict(
-        name, request["instances"], version=version, method=request["method"]
+    result = dataplane.infer(
+        InferenceRequest(
+            model=name,
+            version=version,
+            methods=(request["method"],),
+            instances=request["instances"],
+        )
     )
     return Answer(
-        body=_predict_response.dump(batch_response(prediction)),
-        model=prediction.model_name,
-        version=prediction.model_version,
-        rows=prediction.rows,
-        timings=prediction.timings,
+        body=_predict_response.dump(batch_response(result)),
+        model=result.model_name,
+        version=result.model_version,
+        rows=result.rows,
+        timings=result.timings,
+        unseen=result.unseen,
     )
 
 
-def _infer(runtime: Runtime, name: str, version: str | None, data: Any) -> Answer:
-    response, predictions, validate_seconds = v2.infer(
-        runtime, name, version, _infer_request.load(data)
-    )
+def _infer(dataplane: DataPlane, name: str, version: str | None, data: Any) -> Answer:
+    response, result = v2.infer(dataplane, name, version, _infer_request.load(data))
     return Answer(
         body=_infer_response.dump(response),
-        model=response["model_name"],
-        version=response["model_version"],
-        rows=predictions[0].rows,
-        timings={
-            "validate": validate_seconds,
-            "predict": sum(prediction.timings["predict"] for prediction in predictions),
-        },
+        model=result.model_name,
+        version=result.model_version,
+        rows=result.rows,
+        timings=result.timings,
+        unseen=result.unseen,
     )
 
 
@@ -135,7 +138,7 @@ class FastPath:
 
     def __init__(self, app: Flask) -> None:
         services: Services = app.extensions[EXTENSION]
-        self.runtime = services.runtime
+        self.dataplane = services.dataplane
         self.guard: security.Guard = app.extensions[security.EXTENSION]
         self.max_content_length: int = app.config["MAX_CONTENT_LENGTH"]
         self.max_depth: int = app.config["MAX_JSON_DEPTH"]
@@ -220,7 +223,7 @@ class FastPath:
             data = route.parse(body, environ, self._loads)
             parsed = time.perf_counter()
             name, version = match.group("name", "version")
-            answer = route.answer(self.runtime, name, version, data)
+            answer = route.answer(self.dataplane, name, version, data)
             serialising = time.perf_counter()
             payload = orjson.dumps(answer.body, option=self.json_options)
         except Exception:  # any error: Flask answers it, in the route's words, and logs a bug
@@ -252,4 +255,5 @@ class FastPath:
             remote_addr=environ.get("REMOTE_ADDR"),
             user_agent=environ.get("HTTP_USER_AGENT"),
         )
+        observe.count_unseen(answer.model, answer.unseen)
         return payload, headers

@@ -9,15 +9,30 @@ from flask.views import MethodView
 from inference_app.http.api import Blueprint, get_registry
 from inference_app.http.schemas import HealthResponseSchema
 
+# No url_prefix: KServe's liveness probe is the root, ``GET /``, beside ``/health/...``.
 blp = Blueprint(
     "health",
     __name__,
-    url_prefix="/health",
     description="Probes for load balancers and Kubernetes.",
 )
 
 
-@blp.route("/live")
+@blp.route("/")
+class Root(MethodView):
+    """Liveness at the root, as KServe's model server answers it."""
+
+    @blp.response(200, HealthResponseSchema)
+    @blp.doc(security=[])
+    def get(self) -> dict[str, Any]:
+        """Say the process is up, as KServe's model server does
+
+        KServe's Python SDK checks liveness with `GET /`. Like `/health/live`, it never
+        touches the models.
+        """
+        return {"status": "alive"}
+
+
+@blp.route("/health/live")
 class Live(MethodView):
     """Liveness."""
 
@@ -31,7 +46,7 @@ class Live(MethodView):
         return {"status": "alive"}
 
 
-@blp.route("/ready")
+@blp.route("/health/ready")
 class Ready(MethodView):
     """Readiness."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from typing import Any
 
 from flask import Response, request
@@ -19,13 +18,14 @@ from marshmallow import Schema, ValidationError, fields, validates_schema
 from webargs.flaskparser import abort
 
 from inference_app import __version__
+from inference_app.core.dataplane import InferenceRequest
 from inference_app.core.errors import InvalidInputError
 from inference_app.http import observe
 from inference_app.http.api import (
     Blueprint,
     default_model_name,
+    get_dataplane,
     get_registry,
-    get_runtime,
     load_json,
 )
 from inference_app.http.schemas import ROW_SCHEMA, Array, Rows
@@ -33,11 +33,6 @@ from inference_app.http.schemas import ROW_SCHEMA, Array, Rows
 #: The request header naming the model to use; without it, the default model answers.
 MODEL_HEADER = "X-Model-Name"
 INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
-#: A CSV cell pandas reads as a number: ASCII decimal, optional exponent, or nan / inf.
-CSV_NUMBER = re.compile(
-    r"\s*[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|nan|inf|infinity)\s*",
-    re.ASCII | re.IGNORECASE,
-)
 
 
 class DataFrameSplitSchema(Schema):
@@ -167,23 +162,25 @@ class Invocations(MethodView):
         CSV with a header row. The model is the one the `X-Model-Name` header names, else
         the default model.
         """
-        name = request.headers.get(MODEL_HEADER) or default_model_name()
+        name = default_model_name(request.headers.get(MODEL_HEADER))
         if request.mimetype == "text/csv":
-            instances = _csv_records(request.get_data())
+            rows = _csv_columns(request.get_data())
         elif request.mimetype == "application/json":
-            instances = _json_instances(request.get_data())
+            rows = _json_rows(request.get_data())
         else:
             abort(
                 415,
                 message="Send Content-Type: application/json (MLflow's JSON formats) or "
                 "text/csv (with a header row)",
             )
-        prediction = get_runtime().predict(name, instances)
-        observe.note_prediction(prediction)
-        return {"predictions": prediction.outputs}
+        result = get_dataplane().infer(InferenceRequest(model=name, **rows))
+        observe.note_prediction(result)
+        return {"predictions": result.outputs[0].values}
 
 
-def _json_instances(body: bytes) -> list[Any]:
+def _json_rows(body: bytes) -> dict[str, Any]:
+    """Decode MLflow's JSON formats into :class:`InferenceRequest` fields: ``instances``
+    (rows) or ``columns`` (``dataframe_split`` with columns, ``inputs`` as columns)."""
     try:
         data = load_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -198,6 +195,12 @@ def _json_instances(body: bytes) -> list[Any]:
             message="This is MLflow 1.x's pandas-split format; MLflow 2 wraps it: send "
             '{"dataframe_split": {"columns": [...], "data": [[...]]}}',
         )
+    if isinstance(data, list):
+        abort(
+            400,
+            message="This is a bare list of rows (DataFrame.to_json(orient='records')); MLflow "
+            '2 wraps it: send {"dataframe_records": [...]}',
+        )
     try:
         loaded: dict[str, Any] = InvocationsRequestSchema().load(data)
     except ValidationError as error:
@@ -207,30 +210,30 @@ def _json_instances(body: bytes) -> list[Any]:
         rows: list[Any] = split["data"]
         columns = split.get("columns")
         if columns is None:
-            return rows
+            return {"instances": rows, "where": "dataframe_split"}
         if any(type(row) is not list or len(row) != len(columns) for row in rows):
             raise InvalidInputError(
                 f"dataframe_split: every row of `data` must hold {len(columns)} values, one "
                 "per column"
             )
-        return [dict(zip(columns, row, strict=True)) for row in rows]
+        if len(set(map(str, columns))) != len(columns):
+            raise InvalidInputError("dataframe_split: a column is named twice")
+        by_name = {str(column): [row[i] for row in rows] for i, column in enumerate(columns)}
+        return {"columns": by_name, "where": "dataframe_split"}
     key = next(key for key in INPUT_KEYS if key in loaded)
     value = loaded[key]
     if isinstance(value, dict):  # columns: {"feature": [values], ...}
-        lengths = {len(column) if type(column) is list else -1 for column in value.values()}
-        if len(lengths) != 1 or -1 in lengths:
+        if any(type(column) is not list for column in value.values()):
             raise InvalidInputError(f"{key}: every column must be an array of the same length")
-        return [dict(zip(value, row, strict=True)) for row in zip(*value.values(), strict=True)]
+        return {"columns": value, "where": key}
     if type(value) is not list:
         raise InvalidInputError(f"{key}: send an array of rows or an object of columns")
-    return value
+    return {"instances": value, "where": key}
 
 
-def _csv_records(body: bytes) -> list[dict[str, Any]]:
-    """Parse CSV with a header row; an unnamed first column is a pandas index and is dropped.
-
-    Cells are numbers; an empty cell is a missing value (``null``).
-    """
+def _csv_columns(body: bytes) -> dict[str, Any]:
+    """Parse CSV with a header row into columns of text cells, typed later by the model's
+    features; an unnamed first column is a pandas index and is dropped."""
     try:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -242,26 +245,16 @@ def _csv_records(body: bytes) -> list[dict[str, Any]]:
             abort(400, message="The CSV is empty: send a header row of feature names, then rows")
         skip = 1 if header[0] == "" else 0
         names = header[skip:]
-        records = []
+        if len(set(names)) != len(names):
+            abort(400, message="The CSV header names a column twice")
+        columns: dict[str, list[str]] = {name: [] for name in names}
         for number, row in enumerate(reader, start=2):
             if not row:
                 continue
             if len(row) != len(header):
                 abort(400, message=f"CSV line {number}: {len(row)} cells for {len(header)} columns")
-            cells = zip(names, row[skip:], strict=True)
-            records.append({name: _csv_value(cell, number, name) for name, cell in cells})
+            for name, cell in zip(names, row[skip:], strict=True):
+                columns[name].append(cell)
     except csv.Error as error:
         abort(400, message=f"CSV line {reader.line_num}: {error}")
-    return records
-
-
-def _csv_value(cell: str, line: int, column: str) -> float | None:
-    """Return a CSV cell as pandas reads it: a number, or ``None`` when empty.
-
-    :raises werkzeug.exceptions.BadRequest: the cell is text, naming its line and column.
-    """
-    if not cell.strip():
-        return None
-    if not CSV_NUMBER.fullmatch(cell):
-        abort(400, message=f"CSV line {line}, column {column!r}: {cell[:50]!r} is not a number")
-    return float(cell)
+    return {"columns": columns, "cells": True, "where": "csv"}

@@ -7,13 +7,14 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
 
 from inference_app import metrics
-from inference_app.core.runtime import Prediction
+from inference_app.core.dataplane import InferenceResult
 from inference_app.http.api import Blueprint, get_registry, record_stage
 from inference_app.logs import ACCESS_LOGGER
 
@@ -47,18 +48,19 @@ class Metrics(MethodView):
         return Response(body, content_type=content_type)
 
 
-def note_prediction(prediction: Prediction) -> None:
-    """Record the model, version, rows and stage timings of this request's prediction.
-
-    A V2 request asking for several outputs predicts the same rows once per output: its
-    stage timings add up, its rows count once.
-    """
-    first = "model" not in g
-    g.model, g.version = prediction.model_name, prediction.model_version
-    if first:
-        g.rows = prediction.rows
-    for stage, seconds in prediction.timings.items():
+def note_prediction(result: InferenceResult) -> None:
+    """Record the model, version, rows and stage timings of this request's inference, and
+    count the unseen categories its model tolerated."""
+    g.model, g.version, g.rows = result.model_name, result.model_version, result.rows
+    for stage, seconds in result.timings.items():
         record_stage(stage, seconds)
+    count_unseen(result.model_name, result.unseen)
+
+
+def count_unseen(model: str, unseen: Mapping[str, int]) -> None:
+    """Count the categories a model never saw that it served (its encoder ignores them)."""
+    for feature, count in unseen.items():
+        metrics.UNSEEN_CATEGORIES.labels(model, feature).inc(count)
 
 
 def protocol() -> str:

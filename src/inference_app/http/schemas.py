@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import (
+    INCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates_schema,
+)
 
 from inference_app.core.bundle import METHODS
 
@@ -111,15 +119,22 @@ class PredictResponseSchema(Schema):
 
 
 class SinglePredictRequestSchema(Schema):
-    """One row for the default model."""
+    """One row for the default model: ``instance``, ``input``, or the row's features as the
+    body itself (kept as they are: the model's features are checked by the dataplane)."""
+
+    class Meta:
+        unknown = INCLUDE
 
     instance = Row(
-        required=True,
         metadata={
             "description": "One row: an array in the model's feature order or an object "
             "keyed by feature name.",
             "example": [5.1, 3.5, 1.4, 0.2],
         },
+    )
+    input = fields.List(
+        fields.Raw(),
+        metadata={"description": "One row's values in the model's feature order."},
     )
     method = _method()
 
@@ -134,6 +149,9 @@ class SinglePredictResponseSchema(Schema):
         required=True, metadata={"description": "A label, a value, or one number per class."}
     )
     classes = Array()
+    confidence = fields.Float(
+        metadata={"description": "Classifiers: the probability of the predicted class."}
+    )
 
 
 class FeatureSchema(Schema):
@@ -141,10 +159,38 @@ class FeatureSchema(Schema):
 
     name = fields.String(required=True)
     datatype = fields.String(
-        required=True, metadata={"description": "Open Inference Protocol datatype."}
+        required=True,
+        metadata={
+            "description": "Open Inference Protocol datatype (FP64, FP32, INT64, BOOL, BYTES), "
+            "or DATETIME (ISO 8601 strings, sent as BYTES in V2)."
+        },
     )
-    min = fields.Float(allow_none=True, metadata={"description": "Smallest value in training."})
-    max = fields.Float(allow_none=True, metadata={"description": "Largest value in training."})
+    kind = fields.String(
+        required=True, metadata={"description": "numeric, categorical, text or datetime"}
+    )
+    nullable = fields.Boolean(
+        required=True, metadata={"description": "Whether a value may be missing (null)."}
+    )
+    min = fields.Raw(
+        allow_none=True,
+        metadata={"description": "Smallest value in training (ISO 8601 for a datetime)."},
+    )
+    max = fields.Raw(
+        allow_none=True,
+        metadata={"description": "Largest value in training (ISO 8601 for a datetime)."},
+    )
+    categories = fields.List(
+        fields.Raw(), metadata={"description": "A categorical feature's known categories."}
+    )
+    unknown_categories = fields.String(
+        metadata={
+            "description": "error: other categories are refused; ignore: they are served "
+            "(the encoder ignores them) and counted."
+        }
+    )
+    lengths = fields.Dict(
+        metadata={"description": "A text feature's lengths in training, in characters."}
+    )
 
 
 class ModelSummarySchema(Schema):
@@ -171,6 +217,12 @@ class ModelResponseSchema(ModelSummarySchema):
     format = fields.String(required=True)
     runtime = fields.String(
         metadata={"description": "What answers in this worker: onnx or sklearn."}
+    )
+    layout = fields.String(
+        metadata={
+            "description": "What the estimator takes: matrix (float64 rows), frame (a pandas "
+            "DataFrame with the training dtypes) or column (one text column)."
+        }
     )
     inputs = fields.List(fields.Nested(FeatureSchema), required=True)
     classes = Array(allow_none=True)

@@ -6,10 +6,11 @@ from typing import Any
 
 from flask.views import MethodView
 
-from inference_app.core.bundle import Bundle
-from inference_app.core.runtime import Prediction
+from inference_app.core.bundle import Bundle, Feature
+from inference_app.core.dataplane import InferenceRequest, InferenceResult
+from inference_app.core.errors import InvalidInputError
 from inference_app.http import observe
-from inference_app.http.api import Blueprint, default_model_name, get_registry, get_runtime
+from inference_app.http.api import Blueprint, default_model_name, get_dataplane, get_registry
 from inference_app.http.schemas import (
     ModelListResponseSchema,
     ModelResponseSchema,
@@ -86,7 +87,10 @@ class Predict(MethodView):
         name; choose `method`: predict, predict_proba or decision_function. Without a
         version, the model's highest version answers.
         """
-        return batch_response(_predict(name, version, body["instances"], body["method"]))
+        request = InferenceRequest(
+            model=name, version=version, methods=(body["method"],), instances=body["instances"]
+        )
+        return batch_response(_infer(request))
 
 
 @blp.route("/predict")
@@ -95,34 +99,79 @@ class PredictOne(MethodView):
 
     @blp.arguments(SinglePredictRequestSchema())
     @blp.response(200, SinglePredictResponseSchema)
-    @blp.error(404, 415, 422, 503)
+    @blp.error(400, 404, 415, 422, 503)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Predict one row with the default model
 
-        The default model is the `DEFAULT_MODEL` setting, else the first model by name.
+        Send `{"instance": row}` (an array in the model's feature order, or an object keyed
+        by feature name), `{"input": [values...]}`, the row's features as the body itself
+        (`{"feature_a": ..., "feature_b": ...}`), or `{"text": "..."}` for a text model.
+        Classifiers also answer the predicted class's probability as `confidence`. The
+        default model is the `DEFAULT_MODEL` setting, else the only model served.
         """
-        prediction = _predict(default_model_name(), None, [body["instance"]], body["method"])
-        response = batch_response(prediction)
+        bundle = get_registry().get(default_model_name())
+        method = body.pop("method", "predict")
+        row = single_row(body, bundle)
+        confident = (
+            method == "predict"
+            and bundle.manifest.classes is not None
+            and "predict_proba" in bundle.manifest.methods
+        )
+        methods = ("predict", "predict_proba") if confident else (method,)
+        result = _infer(InferenceRequest(model=bundle.name, methods=methods, instances=[row]))
+        response = batch_response(result)
         response["prediction"] = response.pop("predictions")[0]
+        if confident:
+            probabilities = result.output("predict_proba")
+            classes = probabilities.classes or []
+            label = response["prediction"]
+            row_probabilities = probabilities.values[0]
+            response["confidence"] = (
+                row_probabilities[classes.index(label)]
+                if label in classes
+                else max(row_probabilities)
+            )
         return response
 
 
-def _predict(name: str, version: str | None, instances: list[Any], method: str) -> Prediction:
-    prediction = get_runtime().predict(name, instances, version=version, method=method)
-    observe.note_prediction(prediction)
-    return prediction
+def single_row(body: dict[str, Any], bundle: Bundle) -> Any:
+    """Return the one row of a ``POST /predict`` body (method taken out).
+
+    :raises InvalidInputError: ``instance`` or ``input`` is sent with other fields.
+    """
+    for key in ("instance", "input"):
+        if key in body:
+            if len(body) > 1:
+                others = ", ".join(sorted(set(body) - {key}))
+                raise InvalidInputError(
+                    f"send `{key}` alone (with `method`), not with {others}",
+                    {key: ["Send this field alone."]},
+                )
+            return body[key]
+    inputs = bundle.manifest.inputs
+    if len(inputs) == 1 and inputs[0].kind == "text" and set(body) == {"text"}:
+        return {inputs[0].name: body["text"]}
+    return body
 
 
-def batch_response(prediction: Prediction) -> dict[str, Any]:
-    """Return the ``:predict`` answer for ``prediction``, before PredictResponseSchema."""
+def _infer(request: InferenceRequest) -> InferenceResult:
+    result = get_dataplane().infer(request)
+    observe.note_prediction(result)
+    return result
+
+
+def batch_response(result: InferenceResult) -> dict[str, Any]:
+    """Return the ``:predict`` answer for ``result``'s first output, before
+    PredictResponseSchema."""
+    output = result.outputs[0]
     response: dict[str, Any] = {
-        "model_name": prediction.model_name,
-        "model_version": prediction.model_version,
-        "method": prediction.method,
-        "predictions": prediction.outputs,
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "method": output.method,
+        "predictions": output.values,
     }
-    if prediction.classes is not None:
-        response["classes"] = prediction.classes
+    if output.classes is not None:
+        response["classes"] = output.classes
     return response
 
 
@@ -147,11 +196,9 @@ def _describe(bundle: Bundle) -> tuple[dict[str, Any], int]:
         "ready": ready,
         "estimator": manifest.estimator,
         "format": manifest.format,
-        "runtime": get_runtime().engine_of(bundle),
-        "inputs": [
-            {"name": f.name, "datatype": f.datatype, "min": f.min, "max": f.max}
-            for f in manifest.inputs
-        ],
+        "runtime": get_dataplane().engine_of(bundle),
+        "layout": manifest.layout,
+        "inputs": [describe_feature(feature, bundle) for feature in manifest.inputs],
         "classes": None if manifest.classes is None else list(manifest.classes),
         "methods": list(manifest.methods),
         "sklearn_version": manifest.sklearn_version,
@@ -168,3 +215,22 @@ def example_request(bundle: Bundle, rows: int = 2) -> dict[str, Any]:
     names = bundle.manifest.feature_names
     reference = bundle.manifest.reference_rows[:rows]
     return {"instances": [dict(zip(names, row, strict=True)) for row in reference]}
+
+
+def describe_feature(feature: Feature, bundle: Bundle) -> dict[str, Any]:
+    """Return what ``GET /v1/models/<name>`` says of one input."""
+    described: dict[str, Any] = {
+        "name": feature.name,
+        "datatype": feature.datatype,
+        "kind": feature.kind,
+        "nullable": feature.nullable,
+        "min": feature.min,
+        "max": feature.max,
+    }
+    if feature.kind == "categorical":
+        described["categories"] = list(feature.categories or ())
+        described["unknown_categories"] = feature.unknown_categories
+    histogram = bundle.manifest.reference.get("histograms", {}).get(feature.name, {})
+    if feature.kind == "text" and "lengths" in histogram:
+        described["lengths"] = histogram["lengths"]
+    return described

@@ -6,7 +6,7 @@ health and metadata, and inference; plus Triton's binary tensor data extension f
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -18,15 +18,15 @@ from webargs.flaskparser import abort
 from inference_app import __version__
 from inference_app.core import tensors
 from inference_app.core.bundle import METHODS, Bundle
-from inference_app.core.runtime import Prediction, Runtime
+from inference_app.core.dataplane import DataPlane, InferenceRequest, InferenceResult
+from inference_app.core.datatypes import DATATYPES, TENSOR_DATATYPES
 from inference_app.http import observe
 from inference_app.http.api import (
     Blueprint,
     JSONBodyParser,
+    get_dataplane,
     get_registry,
-    get_runtime,
     load_json,
-    record_stage,
 )
 
 #: The header of Triton's binary tensor data extension: the JSON part's length in bytes.
@@ -85,7 +85,7 @@ class TensorSchema(Schema):
 
     name = fields.String(required=True)
     shape = fields.List(fields.Integer(strict=True), required=True)
-    datatype = fields.String(required=True, validate=validate.OneOf(tensors.NUMPY_DTYPES))
+    datatype = fields.String(required=True, validate=validate.OneOf(TENSOR_DATATYPES))
     parameters = fields.Dict()
     data = fields.Raw(
         required=True,
@@ -201,6 +201,7 @@ blp = Blueprint(
 blp.ARGUMENTS_PARSER = InferBodyParser()
 
 
+@blp.route("/", endpoint="ServerSlash")
 @blp.route("")
 class Server(MethodView):
     """Server metadata."""
@@ -249,24 +250,34 @@ class ModelMetadata(MethodView):
     def get(self, name: str, version: str | None = None) -> dict[str, Any]:
         """Describe a model's inputs and outputs
 
-        One input tensor `input-0` of shape [-1, n_features], in the model's feature order
-        (listed by `GET /v1/models/{name}`); one tensor per feature, named as the feature,
-        is accepted too. One output per method.
+        A numeric model takes one input tensor `input-0` of shape [-1, n_features] in its
+        feature order (listed by `GET /v1/models/{name}`), or one tensor per feature, named
+        as the feature; a model with string, categorical or datetime features lists one
+        input per feature (`BYTES` for strings and ISO 8601 datetimes). One output per
+        method.
         """
         registry = get_registry()
         bundle = registry.get(name, version)
+        manifest = bundle.manifest
+        if manifest.layout == "matrix":
+            inputs = [
+                {
+                    "name": tensors.MATRIX_INPUT,
+                    "datatype": "FP64",
+                    "shape": [-1, len(manifest.inputs)],
+                }
+            ]
+        else:
+            inputs = [
+                {"name": f.name, "datatype": DATATYPES[f.datatype].wire, "shape": [-1]}
+                for f in manifest.inputs
+            ]
         return {
             "name": bundle.name,
             "versions": list(registry.model(name).versions),
             "platform": PLATFORM,
-            "inputs": [
-                {
-                    "name": tensors.MATRIX_INPUT,
-                    "datatype": "FP64",
-                    "shape": [-1, len(bundle.manifest.inputs)],
-                }
-            ],
-            "outputs": [_output_metadata(bundle, method) for method in bundle.manifest.methods],
+            "inputs": inputs,
+            "outputs": [_output_metadata(bundle, method) for method in manifest.methods],
         }
 
 
@@ -296,56 +307,49 @@ class ModelInfer(MethodView):
     def post(self, body: dict[str, Any], name: str, version: str | None = None) -> dict[str, Any]:
         """Infer
 
-        Outputs are named after the methods: `predict` (the default), `predict_proba`,
-        `decision_function`; each output's `parameters.classes` labels its columns.
+        Send one tensor `input-0` [N, n_features] for a numeric model, or one tensor per
+        feature named as the feature (`BYTES` for strings and ISO 8601 datetimes, `null`
+        where a feature may be missing). Outputs are named after the methods: `predict`
+        (the default), `predict_proba`, `decision_function`; an output's
+        `parameters.classes` labels its columns, as a JSON array in a string.
         """
-        response, predictions, validate_seconds = infer(get_runtime(), name, version, body)
-        record_stage("validate", validate_seconds)
-        for prediction in predictions:
-            observe.note_prediction(prediction)
+        response, result = infer(get_dataplane(), name, version, body)
+        observe.note_prediction(result)
         return response
 
 
 def infer(
-    runtime: Runtime, name: str, version: str | None, body: dict[str, Any]
-) -> tuple[dict[str, Any], list[Prediction], float]:
-    """Answer an inference request loaded by :class:`InferRequestSchema`.
+    dataplane: DataPlane, name: str, version: str | None, body: dict[str, Any]
+) -> tuple[dict[str, Any], InferenceResult]:
+    """Answer an inference request loaded by :class:`InferRequestSchema`: decode its
+    tensors, infer, encode one output per requested method.
 
-    :returns: the response (before :class:`InferResponseSchema`), one prediction per
-        requested output, and the seconds spent decoding and checking the input tensors.
-    :raises ModelNotFoundError: no such model or version.
-    :raises ModelNotReadyError: the model is not warmed up in this process.
-    :raises MethodNotAvailableError: an output names a method the estimator lacks.
-    :raises InvalidInputError: the tensors do not fit the model's inputs.
+    :returns: the response (before :class:`InferResponseSchema`) and the result.
+    :raises: as :meth:`inference_app.core.dataplane.DataPlane.infer`.
     """
-    methods = [output["name"] for output in body.get("outputs") or []] or ["predict"]
-    bundle = runtime.serving(name, version, methods[0])
-    for method in methods[1:]:
-        runtime.serving(name, version, method)
-    started = time.perf_counter()
-    matrix = tensors.to_matrix(
-        body["inputs"],
-        bundle.manifest.inputs,
-        max_rows=runtime.max_rows,
-        allow_nan=bundle.manifest.allow_nan,
+    methods = tuple(output["name"] for output in body.get("outputs") or []) or ("predict",)
+    request = InferenceRequest(
+        model=name,
+        version=version,
+        methods=methods,
+        where="inputs",
+        **tensors.decode_inputs(body["inputs"]),
     )
-    validate_seconds = time.perf_counter() - started
-    outputs, predictions = [], []
-    for method in methods:
-        prediction = runtime.predict_matrix(bundle, matrix, method)
-        output = tensors.encode_output(method, prediction.outputs, prediction.shape)
-        if prediction.classes is not None:
-            output["parameters"] = {"classes": prediction.classes}
-        outputs.append(output)
-        predictions.append(prediction)
+    result = dataplane.infer(request)
+    outputs = []
+    for output in result.outputs:
+        encoded = tensors.encode_output(output.method, output.values, output.shape)
+        if output.classes is not None:
+            encoded["parameters"] = {"classes": json.dumps(output.classes)}
+        outputs.append(encoded)
     response: dict[str, Any] = {
-        "model_name": bundle.name,
-        "model_version": bundle.version,
+        "model_name": result.model_name,
+        "model_version": result.model_version,
         "outputs": outputs,
     }
     if "id" in body:
         response["id"] = body["id"]
-    return response, predictions, validate_seconds
+    return response, result
 
 
 def _output_metadata(bundle: Bundle, method: str) -> dict[str, Any]:

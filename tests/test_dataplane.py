@@ -1,4 +1,4 @@
-"""The runtime: warm-up and readiness, methods, missing values, and strict JSON outputs."""
+"""The dataplane: warm-up and readiness, methods, missing values, and strict JSON outputs."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from inference_app.core.errors import (
     ModelNotReadyError,
 )
 from inference_app.core.registry import Registry
-from inference_app.core.runtime import Runtime, json_values
+from inference_app.core.dataplane import DataPlane, json_values
 
 
 def test_dataframe_fitted_pipeline_is_served_in_its_column_order(tmp_path: Path) -> None:
@@ -31,13 +31,13 @@ def test_dataframe_fitted_pipeline_is_served_in_its_column_order(tmp_path: Path)
     write_bundle(model, wine.data, tmp_path, "wine", "1")
     registry = Registry(tmp_path)
     registry.load()
-    runtime = Runtime(registry)
-    runtime.warm_up()
+    dataplane = DataPlane(registry)
+    dataplane.warm_up()
     records = wine.data.iloc[:, ::-1].to_dict(orient="records")
     # filterwarnings=error: scikit-learn's "X does not have valid feature names" would fail here.
-    prediction = runtime.predict("wine", records, method="predict_proba")
-    np.testing.assert_allclose(prediction.outputs, model.predict_proba(wine.data), rtol=1e-12)
-    assert prediction.classes == [0, 1, 2]
+    prediction = dataplane.predict("wine", records, method="predict_proba")
+    np.testing.assert_allclose(prediction.outputs[0].values, model.predict_proba(wine.data), rtol=1e-12)
+    assert prediction.outputs[0].classes == [0, 1, 2]
 
 
 def test_missing_values_reach_an_estimator_that_accepts_them(tmp_path: Path) -> None:
@@ -48,11 +48,11 @@ def test_missing_values_reach_an_estimator_that_accepts_them(tmp_path: Path) -> 
     write_bundle(model, rows, tmp_path, "wine", "1", feature_names=wine.feature_names)
     registry = Registry(tmp_path)
     registry.load()
-    runtime = Runtime(registry)
-    runtime.warm_up()
+    dataplane = DataPlane(registry)
+    dataplane.warm_up()
     instances = [[None if np.isnan(value) else value for value in row] for row in rows.tolist()]
-    prediction = runtime.predict("wine", instances)
-    assert prediction.outputs == model.predict(rows).tolist()
+    prediction = dataplane.predict("wine", instances)
+    assert prediction.outputs[0].values == model.predict(rows).tolist()
 
 
 @pytest.fixture
@@ -64,18 +64,18 @@ def iris_registry(demo_instance: Path) -> Registry:
 
 
 def test_models_are_not_ready_until_warmed(iris_registry: Registry) -> None:
-    runtime = Runtime(iris_registry)
+    dataplane = DataPlane(iris_registry)
     with pytest.raises(ModelNotReadyError, match="warming up"):
-        runtime.predict("iris", [[5.1, 3.5, 1.4, 0.2]])
-    runtime.warm_up()
-    assert runtime.predict("iris", [[5.1, 3.5, 1.4, 0.2]]).outputs == ["setosa"]
+        dataplane.predict("iris", [[5.1, 3.5, 1.4, 0.2]])
+    dataplane.warm_up()
+    assert dataplane.predict("iris", [[5.1, 3.5, 1.4, 0.2]]).outputs[0].values == ["setosa"]
 
 
 def test_unavailable_method(iris_registry: Registry) -> None:
-    runtime = Runtime(iris_registry)
-    runtime.warm_up()
+    dataplane = DataPlane(iris_registry)
+    dataplane.warm_up()
     with pytest.raises(MethodNotAvailableError, match="it has predict$"):
-        runtime.predict("diabetes", [[0.0] * 10], method="decision_function")
+        dataplane.predict("diabetes", [[0.0] * 10], method="decision_function")
 
 
 def test_a_model_failing_on_its_reference_rows_fails_warm_up(tmp_path: Path) -> None:
@@ -89,7 +89,7 @@ def test_a_model_failing_on_its_reference_rows_fails_warm_up(tmp_path: Path) -> 
     registry = Registry(tmp_path)
     registry.load()
     with pytest.raises(BundleError, match="model 'wine' version '1' failed to predict"):
-        Runtime(registry).warm_up()
+        DataPlane(registry).warm_up()
     assert registry.readiness()[0] is False
 
 
