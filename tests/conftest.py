@@ -22,7 +22,7 @@ from inference_app.demo import DEMO_VERSION, DEMOS, load_demo_data, write_demo_b
 def demo_instance(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An instance folder with the demo bundles and the repository's ``instance/config.py``."""
     instance = tmp_path_factory.mktemp("instance")
-    write_demo_bundles(instance / "models")
+    write_demo_bundles(instance / "models", names=DEMOS)
     shutil.copy(Path(__file__).parents[1] / "instance" / "config.py", instance / "config.py")
     return instance
 

@@ -322,7 +322,7 @@ def fresh_instance(tmp_path: Path, models: str) -> Path:
     if models == "empty":
         (instance / "models").mkdir()
     elif models == "refused":
-        write_demo_bundles(instance / "models")
+        write_demo_bundles(instance / "models", names=DEMOS)
         with (instance / "models" / "iris" / "1" / "model.joblib").open("ab") as handle:
             handle.write(b"\0")
     return instance
@@ -408,9 +408,11 @@ def test_app_commands_refuse_in_one_line_when_the_app_does_not_load(
     for args in (["routes"], ["openapi", "print"], ["no-such-command"]):
         result = runner.invoke(main, args)
 
-        line = assert_one_error_line(result, "the app does not load: ", *reason)
-        if args[0] != "routes":  # the app's commands, or none: say which was looked for
-            assert f"no command {args[0]!r}" in line
+        line = assert_one_error_line(result, "does not load: ", *reason)
+        if args[0] == "routes":
+            assert line.startswith("Error: the app does not load: "), line
+        else:  # the app's commands, or none: say which was looked for
+            assert line.startswith(f"Error: no built-in command {args[0]!r}, and the app"), line
 
 
 def test_app_commands_run_when_the_app_loads(runner: CliRunner, demo_instance: Path) -> None:

@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Gunicorn with 2 workers over freshly written demo bundles, ready to serve."""
     root = tmp_path_factory.mktemp("gunicorn")
     instance = root / "instance"
-    write_demo_bundles(instance / "models")
+    write_demo_bundles(instance / "models", names=DEMOS)
     runtime_dir = root / "run"
     runtime_dir.mkdir()
     server = start_gunicorn(
@@ -277,7 +277,7 @@ def test_second_server_on_the_same_host_starts_too(server: Server, tmp_path: Pat
 def tampered_instance(root: Path) -> Path:
     """An instance folder with the demo bundles, iris's model.joblib changed by one byte."""
     instance = root / "instance"
-    write_demo_bundles(instance / "models")
+    write_demo_bundles(instance / "models", names=DEMOS)
     with (instance / "models" / "iris" / "1" / "model.joblib").open("ab") as handle:
         handle.write(b"\0")
     return instance
@@ -349,7 +349,7 @@ def test_bad_bundle_is_one_line_in_the_text_log_format_too(tmp_path: Path) -> No
 
 def test_bad_setting_stops_the_server_at_start_in_one_log_line(tmp_path: Path) -> None:
     instance = tmp_path / "instance"
-    write_demo_bundles(instance / "models")
+    write_demo_bundles(instance / "models", names=DEMOS)
 
     status, log = start_and_wait_for_exit(instance, tmp_path, INFERENCE_APP_MAX_ROWS="lots")
 
@@ -373,7 +373,7 @@ def test_bad_server_setting_stops_gunicorn_in_one_line(
     tmp_path: Path, variable: str, value: str
 ) -> None:
     instance = tmp_path / "instance"
-    write_demo_bundles(instance / "models")
+    write_demo_bundles(instance / "models", names=DEMOS)
 
     _, log = start_and_wait_for_exit(instance, tmp_path, **{variable: value})
 
@@ -437,7 +437,7 @@ def test_tritonclient_infer_matches_in_process(
     np.testing.assert_allclose(
         result.as_numpy("predict_proba"), estimator.predict_proba(rows), rtol=1e-12
     )
-    classes = result.get_output("predict_proba")["parameters"]["classes"]
+    classes = json.loads(result.get_output("predict_proba")["parameters"]["classes"])
     assert classes == estimator.classes_.tolist()
 
 
@@ -460,7 +460,7 @@ def test_tritonclient_errors_are_raised_with_the_message(triton: Any) -> None:
 
     tensor = httpclient.InferInput("input-0", [1, 3], "FP64")
     tensor.set_data_from_numpy(np.array([[1.0, 2.0, 3.0]]), binary_data=False)
-    with pytest.raises(InferenceServerException, match="3 columns but the model takes 4"):
+    with pytest.raises(InferenceServerException, match="does not fit the model's 4 features"):
         triton.infer("iris", [tensor])
     with pytest.raises(InferenceServerException, match="no model 'nope'"):
         triton.get_model_metadata("nope")

@@ -82,13 +82,6 @@ def test_root_is_documented_like_the_other_probes(tmp_path: Path) -> None:
     assert "/health/" not in spec["paths"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "security.py opens probes by path prefix (OPEN_PREFIXES), which cannot name the exact "
-        "path '/': it must also open request.path == '/' (and skip the concurrency cap there)"
-    ),
-)
 def test_root_needs_no_api_key(tmp_path: Path) -> None:
     client = create_app({"API_KEYS": ["s3cret"]}, instance_path=tmp_path).test_client()
     assert client.get("/v1/models").status_code == 401  # the API itself is guarded

@@ -18,7 +18,7 @@ import requests
 import sklearn
 from prometheus_client.parser import text_string_to_metric_families
 
-from inference_app.demo import write_demo_bundles
+from inference_app.demo import DEMOS, write_demo_bundles
 from servers import (
     REQUEST_TIMEOUT,
     START_TIMEOUT,
@@ -41,7 +41,7 @@ SETOSA = [[5.1, 3.5, 1.4, 0.2]]
 def instance(tmp_path: Path) -> Path:
     """An instance folder with the demo bundles."""
     folder = tmp_path / "instance"
-    write_demo_bundles(folder / "models")
+    write_demo_bundles(folder / "models", names=DEMOS)
     return folder
 
 

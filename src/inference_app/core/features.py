@@ -98,6 +98,12 @@ def describe(
         not isinstance(sample, pd.DataFrame) and np.ndim(sample) == 1
     ):
         return _describe_column(estimator, sample)
+    if (
+        isinstance(sample, pd.DataFrame)
+        and sample.shape[1] == 1
+        and not hasattr(estimator, "n_features_in_")
+    ):  # a text pipeline fitted on one column of texts, packaged from a one-column file
+        return _describe_column(estimator, sample.iloc[:, 0])
     if isinstance(sample, pd.DataFrame):
         frame = sample
     else:

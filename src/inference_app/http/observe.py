@@ -15,14 +15,13 @@ from flask.views import MethodView
 
 from inference_app import metrics
 from inference_app.core.dataplane import InferenceResult
+from inference_app.http import security
 from inference_app.http.api import Blueprint, get_registry, record_stage
 from inference_app.logs import ACCESS_LOGGER
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: A request id taken from the caller: printable, without spaces, at most 128 characters.
 REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
-#: Routes that probes and scrapers call: not written to the access log unless LOG_PROBES.
-PROBE_PREFIXES = ("/health/", "/v2/health/", "/ping", "/metrics")
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 
@@ -97,7 +96,7 @@ def _finish(response: Response) -> Response:
         error_kind=getattr(context, "error_kind", None),
         remote_addr=req.remote_addr,
         user_agent=req.environ.get("HTTP_USER_AGENT"),
-        log=not req.path.startswith(PROBE_PREFIXES) or current_app.config["LOG_PROBES"],
+        log=not security.is_probe(req.path) or current_app.config["LOG_PROBES"],
     )
     return response
 

@@ -19,6 +19,8 @@ from inference_app.config import ConfigError
 EXTENSION = "inference_app.security"
 #: Routes that never ask for a key nor count against the concurrency cap.
 OPEN_PREFIXES = ("/health/", "/v2/health/", "/ping", "/metrics")
+#: Probe routes matched whole: ``/`` is KServe's liveness check.
+OPEN_PATHS = frozenset({"/"})
 #: Routes of the interactive docs, open unless AUTH_DOCS.
 DOCS_PREFIXES = ("/docs", "/openapi.json")
 API_KEY_HEADER = "X-API-Key"
@@ -99,8 +101,13 @@ def _guard() -> Guard:
     return guard
 
 
+def is_probe(path: str) -> bool:
+    """Return whether ``path`` is a probe or a scrape: never asks for a key or a slot."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
 def _is_open(path: str) -> bool:
-    if path.startswith(OPEN_PREFIXES):
+    if is_probe(path):
         return True
     return path.startswith(DOCS_PREFIXES) and not current_app.config["AUTH_DOCS"]
 
@@ -139,7 +146,7 @@ def _refuse_oversized_stream() -> None:
 
 def _enter() -> None:
     semaphore = _guard().semaphore
-    if semaphore is None or request.path.startswith(OPEN_PREFIXES):
+    if semaphore is None or is_probe(request.path):
         return
     if not semaphore.acquire(blocking=False):
         abort(
