@@ -93,13 +93,16 @@ class TypedDemo:
     make: Callable[[], Any]
 
 
+def _tweets(cache: Path) -> tuple[Any, Any]:
+    """Return the tweets as one column of texts, named ``text``, and their labels."""
+    texts, labels = load_tweets(cache)
+    return texts["text"], labels
+
+
 #: The demos with string, missing and text features.
 TYPED_DEMOS: dict[str, TypedDemo] = {
     "penguins": TypedDemo(lambda cache: load_penguins(), penguins_pipeline),
-    "sentiment": TypedDemo(
-        lambda cache: (lambda texts, labels: (texts["text"], labels))(*load_tweets(cache)),
-        sentiment_pipeline,
-    ),
+    "sentiment": TypedDemo(lambda cache: _tweets(cache), sentiment_pipeline),
 }
 
 

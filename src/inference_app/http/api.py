@@ -77,6 +77,10 @@ def get_dataplane() -> DataPlane:
     return services.dataplane
 
 
+#: The request header naming the model on routes that take no model name in their path.
+MODEL_HEADER = "X-Model-Name"
+
+
 def default_model_name(header: str | None = None) -> str:
     """Return the model a route without a model name uses: the one the ``X-Model-Name``
     ``header`` names, else ``DEFAULT_MODEL``, else the only model served.

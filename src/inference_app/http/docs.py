@@ -9,13 +9,14 @@ from flask import Blueprint, Flask
 from werkzeug.routing import Rule
 
 from inference_app.core.bundle import Bundle, Feature
+from inference_app.core.datatypes import DATATYPES
 from inference_app.core.registry import Registry
 from inference_app.http.api import Api
 from inference_app.http.v1 import example_request
 
-#: OpenAPI types (3.0, "Data Types") of the bundle datatypes.
-JSON_SCHEMA_TYPES = {"FP64": "number", "FP32": "number", "INT64": "integer", "BOOL": "boolean"}
 TAG = "models"
+#: How many categories a feature's description lists.
+SHOWN_CATEGORIES = 20
 
 blp = Blueprint(
     "swagger_ui",
@@ -32,6 +33,7 @@ def init_app(app: Flask, api: Api, registry: Registry, default_model: str) -> No
     """
     app.register_blueprint(blp)
     max_rows = app.config["MAX_ROWS"]
+    max_text_length = app.config["MAX_TEXT_LENGTH"]
     schemas = api.spec.components.schemas
     # marshmallow cannot say "one of these two fields"; JSON Schema can.
     schemas["PredictRequest"]["oneOf"] = [{"required": ["instances"]}, {"required": ["inputs"]}]
@@ -49,7 +51,7 @@ def init_app(app: Flask, api: Api, registry: Registry, default_model: str) -> No
         }
     )
     for model in registry.models.values():
-        _document_model(api, model.default, max_rows)
+        _document_model(api, model.default, max_rows, max_text_length)
     if default_model in registry.models:
         row = _row_schema(registry.model(default_model).default)
         schemas["SinglePredictRequest"]["properties"]["instance"] = {
@@ -66,17 +68,21 @@ def _row_schema(bundle: Bundle) -> dict[str, Any]:
     """Return the schema of one row: a record of the model's features, or their values."""
     manifest = bundle.manifest
     width = len(manifest.inputs)
+    types = {DATATYPES[feature.datatype].openapi["type"] for feature in manifest.inputs}
+    items: dict[str, Any] = {"type": types.pop()} if len(types) == 1 else {}
+    if any(feature.nullable for feature in manifest.inputs):
+        items["nullable"] = True
     values = {
         "type": "array",
         "description": "The values in the model's feature order.",
-        "items": {"type": "number", "nullable": True} if manifest.allow_nan else {"type": "number"},
+        "items": items,
         "minItems": width,
         "maxItems": width,
     }
     return {"oneOf": [{"$ref": f"#/components/schemas/{_record_name(bundle)}"}, values]}
 
 
-def _document_model(api: Api, bundle: Bundle, max_rows: int) -> None:
+def _document_model(api: Api, bundle: Bundle, max_rows: int, max_text_length: int) -> None:
     manifest = bundle.manifest
     record = _record_name(bundle)
     api.spec.components.schema(
@@ -85,7 +91,8 @@ def _document_model(api: Api, bundle: Bundle, max_rows: int) -> None:
             "type": "object",
             "description": f"One row for model {bundle.name}, keyed by feature name.",
             "properties": {
-                feature.name: _property(feature, manifest.allow_nan) for feature in manifest.inputs
+                feature.name: feature_schema(feature, max_text_length)
+                for feature in manifest.inputs
             },
             "required": manifest.feature_names,
             "additionalProperties": False,
@@ -151,10 +158,33 @@ def _document_model(api: Api, bundle: Bundle, max_rows: int) -> None:
     )
 
 
-def _property(feature: Feature, allow_nan: bool) -> dict[str, Any]:
-    prop: dict[str, Any] = {"type": JSON_SCHEMA_TYPES[feature.datatype]}
-    if feature.min is not None and feature.max is not None:
-        prop["description"] = f"Seen in training from {feature.min:g} to {feature.max:g}."
-    if allow_nan:
+def feature_schema(feature: Feature, max_text_length: int) -> dict[str, Any]:
+    """Return the OpenAPI 3.0 schema of one feature's value: its type and format, ``enum``
+    for a categorical feature whose encoder refuses others, ``nullable`` where a value may
+    be missing, ``maxLength`` for strings, and its training range in the description.
+
+    :param max_text_length: the ``MAX_TEXT_LENGTH`` setting, in characters.
+    """
+    prop: dict[str, Any] = dict(DATATYPES[feature.datatype].openapi)
+    if feature.kind == "categorical" and feature.categories is not None:
+        categories = list(feature.categories)
+        if feature.unknown_categories == "error":
+            prop["enum"] = categories + ([None] if feature.nullable else [])
+            prop["description"] = "One of the categories seen in training."
+        else:
+            shown = ", ".join(map(str, categories[:SHOWN_CATEGORIES]))
+            more = " ..." if len(categories) > SHOWN_CATEGORIES else ""
+            prop["description"] = f"Seen in training: {shown}{more}; others are accepted."
+    elif feature.kind == "text":
+        prop["description"] = "Free text."
+    elif feature.min is not None and feature.max is not None:
+        low, high = feature.min, feature.max
+        if isinstance(low, float) and isinstance(high, float):
+            prop["description"] = f"Seen in training from {low:g} to {high:g}."
+        else:
+            prop["description"] = f"Seen in training from {low} to {high}."
+    if DATATYPES[feature.datatype].wire == "BYTES":
+        prop["maxLength"] = max_text_length
+    if feature.nullable:
         prop["nullable"] = True
     return prop

@@ -7,7 +7,8 @@ routing, hooks and flask-smorest's wrappers cost more than the prediction itself
 ``POST /v2/models/<name>[/versions/<version>]/infer`` straight from the WSGI environ with the
 same schemas, dataplane, metrics, access log line and headers as the Flask route, so its answer
 is byte for byte the route's (tests check this). Anything else falls through to Flask before
-any answer is written: another route, a body without ``Content-Length`` (or, for ``:predict``,
+any answer is written: another route (the routes are the views' own rules, read from the URL
+map), a body without ``Content-Length`` (or, for ``:predict``,
 not JSON), a missing or wrong API key, a full concurrency cap, CORS, or any error at all. The
 Flask route then answers from the start (the body read here is handed back), so every error
 keeps its one implementation in ``errors.py``.
@@ -18,116 +19,106 @@ from __future__ import annotations
 import io
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from flask import Flask
+from marshmallow import Schema
 
 from inference_app import metrics
-from inference_app.core.dataplane import DataPlane, InferenceRequest
-from inference_app.http import observe, security, v2
-from inference_app.http.api import EXTENSION, SEGMENT, Services, check_depth
+from inference_app.core.dataplane import DataPlane, InferenceResult
+from inference_app.http import observe, security, v1, v2
+from inference_app.http.api import EXTENSION, Services, check_depth
 from inference_app.http.schemas import PredictRequestSchema, PredictResponseSchema
-from inference_app.http.v1 import batch_response
 
 StartResponse = Callable[..., Any]
 
 
 @dataclass(frozen=True)
-class Answer:
-    """A prediction's answer and what the metrics and the access line say of it."""
+class Protocol:
+    """How the fast path answers one protocol's prediction route: the same schemas and the
+    same decode, dataplane, encode function as the Flask view.
 
-    body: dict[str, Any]
-    model: str
-    version: str
-    rows: int
-    timings: dict[str, float]
-    unseen: Mapping[str, int]
+    :param json_only: whether only ``Content-Type: application/json`` bodies are taken (the
+        V2 route takes bodies without one: ``tritonclient`` sends none).
+    :param parse: the body's bytes and the request environ to the loaded JSON.
+    :param answer: the view's own function: dataplane, name, version and the loaded request
+        to the response (before the response schema) and the inference result.
+    """
+
+    request: Schema
+    response: Schema
+    json_only: bool
+    parse: Callable[[bytes, dict[str, Any], Callable[[bytes], Any]], Any]
+    answer: Callable[[DataPlane, str, str | None, Any], tuple[dict[str, Any], InferenceResult]]
+
+
+NATIVE = Protocol(
+    request=PredictRequestSchema(),
+    response=PredictResponseSchema(),
+    json_only=True,
+    parse=lambda body, environ, loads: loads(body),
+    answer=v1.predict,
+)
+V2 = Protocol(
+    request=v2.InferRequestSchema(),
+    response=v2.InferResponseSchema(),
+    json_only=False,
+    parse=lambda body, environ, loads: v2.read_infer_body(
+        body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), loads
+    ),
+    answer=v2.infer,
+)
+#: The Flask endpoints the fast path answers; their rules (paths, converters) are read from
+#: the app's URL map, so the routes are defined once, by the views.
+ENDPOINTS = {
+    "v1.Predict": NATIVE,
+    "v1.PredictVersion": NATIVE,
+    "v2.ModelInfer": V2,
+    "v2.ModelVersionInfer": V2,
+}
 
 
 @dataclass(frozen=True)
 class Route:
-    """A route the fast path answers.
+    """A route the fast path answers: its path pattern, labels and protocol.
 
-    :param pattern: the path, with groups ``name`` and ``version`` (optional).
-    :param protocol: the protocol label of its metrics, as the Flask route's.
-    :param labels: the route label without and with a version, as the Flask route's.
-    :param json_only: whether only ``Content-Type: application/json`` bodies are taken (the
-        V2 route takes bodies without one: ``tritonclient`` sends none).
-    :param parse: the body's bytes and the request environ to the loaded JSON.
-    :param answer: the dataplane, name, version and loaded JSON to the answer.
+    :param pattern: the rule's path as a regular expression, groups named as its variables.
+    :param label: the route label of its metrics and access line, as the Flask route's.
+    :param protocol: the protocol label, as the Flask route's.
     """
 
     pattern: re.Pattern[str]
+    label: str
     protocol: str
-    labels: tuple[str, str]
-    json_only: bool
-    parse: Callable[[bytes, dict[str, Any], Callable[[bytes], Any]], Any]
-    answer: Callable[[DataPlane, str, str | None, Any], Answer]
+    answers: Protocol
 
 
-_predict_request, _predict_response = PredictRequestSchema(), PredictResponseSchema()
-_infer_request, _infer_response = v2.InferRequestSchema(), v2.InferResponseSchema()
-
-
-def _predict(dataplane: DataPlane, name: str, version: str | None, data: Any) -> Answer:
-    request = _predict_request.load(data)
-    result = dataplane.infer(
-        InferenceRequest(
-            model=name,
-            version=version,
-            methods=(request["method"],),
-            instances=request["instances"],
+def routes(app: Flask) -> tuple[Route, ...]:
+    """Return the fast path's routes, made from ``app``'s URL rules for :data:`ENDPOINTS`."""
+    converters = app.url_map.converters
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint not in ENDPOINTS:
+            continue
+        pattern = ""
+        for static, converter, variable in re.findall(
+            r"([^<]*)(?:<(?:([^:<>]+):)?([^<>]+)>)?", rule.rule
+        ):
+            pattern += re.escape(static)
+            if variable:
+                pattern += f"(?P<{variable}>{converters[converter or 'default'].regex})"
+        found.append(
+            Route(
+                pattern=re.compile(pattern),
+                label=observe.route_label(rule.rule),
+                protocol=observe.PROTOCOLS[rule.endpoint.split(".")[0]],
+                answers=ENDPOINTS[rule.endpoint],
+            )
         )
-    )
-    return Answer(
-        body=_predict_response.dump(batch_response(result)),
-        model=result.model_name,
-        version=result.model_version,
-        rows=result.rows,
-        timings=result.timings,
-        unseen=result.unseen,
-    )
-
-
-def _infer(dataplane: DataPlane, name: str, version: str | None, data: Any) -> Answer:
-    response, result = v2.infer(dataplane, name, version, _infer_request.load(data))
-    return Answer(
-        body=_infer_response.dump(response),
-        model=result.model_name,
-        version=result.model_version,
-        rows=result.rows,
-        timings=result.timings,
-        unseen=result.unseen,
-    )
-
-
-ROUTES = (
-    Route(
-        pattern=re.compile(
-            rf"/v1/models/(?P<name>{SEGMENT})(?:/versions/(?P<version>{SEGMENT}))?:predict"
-        ),
-        protocol="native",
-        labels=("/v1/models/<name>:predict", "/v1/models/<name>/versions/<version>:predict"),
-        json_only=True,
-        parse=lambda body, environ, loads: loads(body),
-        answer=_predict,
-    ),
-    Route(
-        pattern=re.compile(
-            rf"/v2/models/(?P<name>{SEGMENT})(?:/versions/(?P<version>{SEGMENT}))?/infer"
-        ),
-        protocol="v2",
-        labels=("/v2/models/<name>/infer", "/v2/models/<name>/versions/<version>/infer"),
-        json_only=False,
-        parse=lambda body, environ, loads: v2.read_infer_body(
-            body, environ.get("HTTP_INFERENCE_HEADER_CONTENT_LENGTH"), loads
-        ),
-        answer=_infer,
-    ),
-)
+    return tuple(found)
 
 
 class FastPath:
@@ -143,7 +134,7 @@ class FastPath:
         self.max_content_length: int = app.config["MAX_CONTENT_LENGTH"]
         self.max_depth: int = app.config["MAX_JSON_DEPTH"]
         # CORS adds headers by the request's Origin: that stays with flask-cors.
-        self.routes = () if app.config["CORS_ORIGINS"] else ROUTES
+        self.routes = () if app.config["CORS_ORIGINS"] else routes(app)
         self.json_options: int = app.json.options  # type: ignore[attr-defined]
 
     def __call__(
@@ -190,7 +181,7 @@ class FastPath:
     def _admissible(self, environ: dict[str, Any], route: Route) -> bool:
         """Whether the request has a body of known, allowed size (JSON if the route asks)
         and, if keys are asked for, an accepted key."""
-        if route.json_only:
+        if route.answers.json_only:
             mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
             if mimetype != "application/json":
                 return False
@@ -220,12 +211,17 @@ class FastPath:
     ) -> tuple[bytes, list[tuple[str, str]]] | None:
         """Predict and serialise, or return ``None`` on any error (Flask answers it)."""
         try:
-            data = route.parse(body, environ, self._loads)
+            protocol = route.answers
+            data = protocol.parse(body, environ, self._loads)
             parsed = time.perf_counter()
-            name, version = match.group("name", "version")
-            answer = route.answer(self.dataplane, name, version, data)
+            variables = match.groupdict()
+            name, version = variables["name"], variables.get("version")
+            response, result = protocol.answer(
+                self.dataplane, name, version, protocol.request.load(data)
+            )
+            body_out = protocol.response.dump(response)
             serialising = time.perf_counter()
-            payload = orjson.dumps(answer.body, option=self.json_options)
+            payload = orjson.dumps(body_out, option=self.json_options)
         except Exception:  # any error: Flask answers it, in the route's words, and logs a bug
             return None
         finished = time.perf_counter()
@@ -240,20 +236,20 @@ class FastPath:
             request_id=request_id,
             method="POST",
             path=environ["PATH_INFO"],
-            route=route.labels[version is not None],
+            route=route.label,
             kind=route.protocol,
             status=200,
-            model=answer.model,
-            version=answer.version,
-            rows=answer.rows,
+            model=result.model_name,
+            version=result.model_version,
+            rows=result.rows,
             duration=finished - started,
             stages={
                 "parse": parsed - started,
-                **answer.timings,
+                **result.timings,
                 "serialise": finished - serialising,
             },
             remote_addr=environ.get("REMOTE_ADDR"),
             user_agent=environ.get("HTTP_USER_AGENT"),
         )
-        observe.count_unseen(answer.model, answer.unseen)
+        observe.count_unseen(result.model_name, result.unseen)
         return payload, headers

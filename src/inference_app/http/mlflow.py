@@ -22,6 +22,7 @@ from inference_app.core.dataplane import InferenceRequest
 from inference_app.core.errors import InvalidInputError
 from inference_app.http import observe
 from inference_app.http.api import (
+    MODEL_HEADER,
     Blueprint,
     default_model_name,
     get_dataplane,
@@ -30,8 +31,6 @@ from inference_app.http.api import (
 )
 from inference_app.http.schemas import ROW_SCHEMA, Array, Rows
 
-#: The request header naming the model to use; without it, the default model answers.
-MODEL_HEADER = "X-Model-Name"
 INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
 

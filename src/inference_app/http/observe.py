@@ -62,9 +62,13 @@ def count_unseen(model: str, unseen: Mapping[str, int]) -> None:
         metrics.UNSEEN_CATEGORIES.labels(model, feature).inc(count)
 
 
+#: The protocol label of each blueprint's requests.
+PROTOCOLS = {"v1": "native", "v2": "v2", "mlflow": "mlflow"}
+
+
 def protocol() -> str:
     """Return the protocol of the current request, from its blueprint."""
-    return {"v1": "native", "v2": "v2", "mlflow": "mlflow"}.get(request.blueprint or "", "other")
+    return PROTOCOLS.get(request.blueprint or "", "other")
 
 
 def _start() -> None:
@@ -85,7 +89,7 @@ def _finish(response: Response) -> Response:
         request_id=context.request_id,
         method=req.method,
         path=req.path,
-        route=_route(req.url_rule.rule) if req.url_rule is not None else "unmatched",
+        route=route_label(req.url_rule.rule) if req.url_rule is not None else "unmatched",
         kind=protocol(),
         status=response.status_code,
         model=model,
@@ -167,7 +171,7 @@ def request_id(given: str | None) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _route(rule: str) -> str:
+def route_label(rule: str) -> str:
     """Return a URL rule without its converters: ``/v1/models/<name>:predict``."""
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"<\1>", rule)
 

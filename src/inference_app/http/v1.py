@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import request
 from flask.views import MethodView
 
 from inference_app.core.bundle import Bundle, Feature
-from inference_app.core.dataplane import InferenceRequest, InferenceResult
+from inference_app.core.dataplane import DataPlane, InferenceRequest, InferenceResult
 from inference_app.core.errors import InvalidInputError
 from inference_app.http import observe
-from inference_app.http.api import Blueprint, default_model_name, get_dataplane, get_registry
+from inference_app.http.api import (
+    MODEL_HEADER,
+    Blueprint,
+    default_model_name,
+    get_dataplane,
+    get_registry,
+)
 from inference_app.http.schemas import (
     ModelListResponseSchema,
     ModelResponseSchema,
@@ -87,10 +94,9 @@ class Predict(MethodView):
         name; choose `method`: predict, predict_proba or decision_function. Without a
         version, the model's highest version answers.
         """
-        request = InferenceRequest(
-            model=name, version=version, methods=(body["method"],), instances=body["instances"]
-        )
-        return batch_response(_infer(request))
+        response, result = predict(get_dataplane(), name, version, body)
+        observe.note_prediction(result)
+        return response
 
 
 @blp.route("/predict")
@@ -98,6 +104,16 @@ class PredictOne(MethodView):
     """The beginner's shape: one row in, one prediction out, default model."""
 
     @blp.arguments(SinglePredictRequestSchema())
+    @blp.doc(
+        parameters=[
+            {
+                "in": "header",
+                "name": MODEL_HEADER,
+                "schema": {"type": "string"},
+                "description": "The model to use; default: DEFAULT_MODEL, else the only model.",
+            }
+        ]
+    )
     @blp.response(200, SinglePredictResponseSchema)
     @blp.error(400, 404, 415, 422, 503)
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -107,9 +123,10 @@ class PredictOne(MethodView):
         by feature name), `{"input": [values...]}`, the row's features as the body itself
         (`{"feature_a": ..., "feature_b": ...}`), or `{"text": "..."}` for a text model.
         Classifiers also answer the predicted class's probability as `confidence`. The
-        default model is the `DEFAULT_MODEL` setting, else the only model served.
+        model is the one the `X-Model-Name` header names, else the `DEFAULT_MODEL`
+        setting, else the only model served.
         """
-        bundle = get_registry().get(default_model_name())
+        bundle = get_registry().get(default_model_name(request.headers.get(MODEL_HEADER)))
         method = body.pop("method", "predict")
         row = single_row(body, bundle)
         confident = (
@@ -154,8 +171,24 @@ def single_row(body: dict[str, Any], bundle: Bundle) -> Any:
     return body
 
 
-def _infer(request: InferenceRequest) -> InferenceResult:
-    result = get_dataplane().infer(request)
+def predict(
+    dataplane: DataPlane, name: str, version: str | None, body: dict[str, Any]
+) -> tuple[dict[str, Any], InferenceResult]:
+    """Answer a ``:predict`` request loaded by :class:`PredictRequestSchema`: decode its rows,
+    infer, encode.
+
+    :returns: the response (before :class:`PredictResponseSchema`) and the result.
+    :raises: as :meth:`inference_app.core.dataplane.DataPlane.infer`.
+    """
+    inference = InferenceRequest(
+        model=name, version=version, methods=(body["method"],), instances=body["instances"]
+    )
+    result = dataplane.infer(inference)
+    return batch_response(result), result
+
+
+def _infer(inference: InferenceRequest) -> InferenceResult:
+    result = get_dataplane().infer(inference)
     observe.note_prediction(result)
     return result
 
