@@ -9,7 +9,10 @@ end, also on error or Ctrl-C. See ``bench/README.md`` for what each number means
     python bench/run.py --no-memory  throughput matrix only
 
 Environment: ``BENCH_REPEATS`` (default 3), ``BENCH_SECONDS`` per measurement (default 5),
-``BENCH_QUICK=1`` for one repeat of 2 seconds.
+``BENCH_QUICK=1`` for one repeat of 2 seconds. ``BENCH_SERVERS``, ``BENCH_SCENARIOS`` and
+``BENCH_CONNECTIONS`` (comma-separated) measure only those servers, scenarios and connection
+counts. ``BENCH_BEFORE=<git revision>`` also serves that revision of this server, checked out
+with ``git worktree`` into ``bench/work/before``, as ``app:before`` (numeric scenarios only).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import joblib
 import numpy as np
@@ -68,13 +71,41 @@ PROFILES: dict[str, dict[str, str]] = {
 #: runtime and with scikit-learn's. Not measured while PROFILES has no such profile.
 ONNX_PROFILE = "onnx"
 SKLEARN_PROFILE = "default"
-#: The baselines every server is compared with (apps in ``bench/baselines/``).
-BASELINES = ("seed_flask", "seed_fastapi")
-#: Each scenario: the demo model and the rows per request (the dataset's first rows).
-SCENARIOS: dict[str, tuple[str, int]] = {
-    "iris_1": ("iris", 1),
-    "breast_cancer_1": ("breast_cancer", 1),
-    "breast_cancer_100": ("breast_cancer", 100),
+#: The baselines every server is compared with (apps in ``bench/baselines/``), each with the
+#: demo models it serves.
+BASELINES: dict[str, tuple[str, ...]] = {
+    "seed_flask": ("iris", "breast_cancer"),
+    "seed_fastapi": ("iris", "breast_cancer"),
+    "seed_flask_pandas": ("penguins", "sentiment"),
+}
+#: A revision of this server measured beside the working tree (``BENCH_BEFORE``): its name in
+#: the tables, and the profile it is started with.
+BEFORE_SERVER = "app:before"
+BEFORE_PROFILE = "default"
+#: "Numeric models no slower than before": ``app:default`` / ``app:before`` req/s at least
+#: this, in each numeric scenario and connection count. Below 1 by the noise of a shared box:
+#: two runs of the same server differ by more than 5 % (RESULTS.md).
+BEFORE_TOLERANCE = 0.95
+
+
+class Scenario(NamedTuple):
+    """A demo model and the rows per request: the dataset's rows from ``start`` on."""
+
+    model: str
+    rows: int
+    start: int = 0
+
+
+#: Each scenario. penguins_1 is row 8 (``sex`` missing); the first 100 penguins hold 6 rows
+#: with missing values (row 3 has only ``island``).
+SCENARIOS: dict[str, Scenario] = {
+    "iris_1": Scenario("iris", 1),
+    "breast_cancer_1": Scenario("breast_cancer", 1),
+    "breast_cancer_100": Scenario("breast_cancer", 100),
+    "penguins_1": Scenario("penguins", 1, start=8),
+    "penguins_100": Scenario("penguins", 100),
+    "sentiment_1": Scenario("sentiment", 1),
+    "sentiment_100": Scenario("sentiment", 100),
 }
 CONNECTIONS = (1, 8, 64)
 #: wrk threads (at most one per connection).
@@ -103,29 +134,79 @@ class BenchError(RuntimeError):
     """The benchmark cannot go on: a server did not start, answered wrongly, or wrk failed."""
 
 
+def names_list(value: str | None, known: Iterable[str], variable: str) -> tuple[str, ...] | None:
+    """Return the comma-separated names of ``value`` in order, or ``None`` (all) when it is
+    unset or blank.
+
+    :raises BenchError: a name is not one of ``known``.
+    """
+    if value is None or not value.strip():
+        return None
+    names = tuple(dict.fromkeys(n.strip() for n in value.split(",") if n.strip()))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise BenchError(
+            f"{variable}: unknown {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    return names
+
+
 @dataclass(frozen=True)
 class Settings:
-    """How long and how often to measure."""
+    """How long and how often to measure, and what (``None``: everything)."""
 
     repeats: int
     seconds: int
+    servers: tuple[str, ...] | None = None
+    scenarios: tuple[str, ...] | None = None
+    connections: tuple[int, ...] = CONNECTIONS
+    before: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
-        """Read ``BENCH_QUICK``, ``BENCH_REPEATS`` and ``BENCH_SECONDS``."""
+        """Read ``BENCH_QUICK``, ``BENCH_REPEATS``, ``BENCH_SECONDS``, ``BENCH_SERVERS``,
+        ``BENCH_SCENARIOS``, ``BENCH_CONNECTIONS`` and ``BENCH_BEFORE``."""
+        before = environ.get("BENCH_BEFORE", "").strip() or None
+        known = [f"app:{p}" for p in PROFILES] + ([BEFORE_SERVER] if before else [])
+        servers = names_list(environ.get("BENCH_SERVERS"), [*known, *BASELINES], "BENCH_SERVERS")
+        if servers is not None and BEFORE_SERVER in servers and not before:
+            raise BenchError(f"{BEFORE_SERVER} needs BENCH_BEFORE=<git revision>")
+        scenarios = names_list(environ.get("BENCH_SCENARIOS"), SCENARIOS, "BENCH_SCENARIOS")
+        counts = environ.get("BENCH_CONNECTIONS", "").strip()
+        try:
+            connections = (
+                tuple(dict.fromkeys(int(n) for n in counts.split(",") if n.strip()))
+                if counts
+                else CONNECTIONS
+            )
+        except ValueError:
+            raise BenchError(f"BENCH_CONNECTIONS must be integers; got {counts!r}") from None
+        if not connections or min(connections) < 1:
+            raise BenchError("BENCH_CONNECTIONS must be at least 1")
+        chosen = {
+            "servers": servers,
+            "scenarios": scenarios,
+            "connections": connections,
+            "before": before,
+        }
         if environ.get("BENCH_QUICK", "").lower() in ("1", "true", "yes"):
-            return cls(repeats=1, seconds=2)
+            return cls(repeats=1, seconds=2, **chosen)
         repeats = int(environ.get("BENCH_REPEATS", "3"))
         seconds = int(environ.get("BENCH_SECONDS", "5"))
         if repeats < 1 or seconds < 1:
             raise BenchError("BENCH_REPEATS and BENCH_SECONDS must be at least 1")
-        return cls(repeats=repeats, seconds=seconds)
+        return cls(repeats=repeats, seconds=seconds, **chosen)
+
+    def chosen_scenarios(self) -> dict[str, Scenario]:
+        """Return the scenarios to measure, in :data:`SCENARIOS` order."""
+        return {k: v for k, v in SCENARIOS.items() if self.scenarios is None or k in self.scenarios}
 
 
 @dataclass(frozen=True)
 class ServerSpec:
     """How to start one server: its command (``{port}`` is replaced), environment on top of a
-    clean one, working folder, predict route (``{model}`` is replaced) and readiness route."""
+    clean one, working folder, predict route (``{model}`` is replaced), readiness route and the
+    demo models it serves (``None``: all)."""
 
     name: str
     argv: tuple[str, ...]
@@ -133,6 +214,10 @@ class ServerSpec:
     cwd: Path
     route: str
     ready_path: str | None = None
+    models: frozenset[str] | None = None
+
+    def serves(self, model: str) -> bool:
+        return self.models is None or model in self.models
 
 
 @dataclass
@@ -174,17 +259,66 @@ class Progress:
 # ---------------------------------------------------------------------------------------------
 
 
-def scenario_rows(model: str, rows: int) -> np.ndarray:
-    """Return the first ``rows`` rows of a demo dataset, shape ``(rows, n_features)``."""
-    from inference_app.demo import load_demo_data
+def scenario_rows(model: str, rows: int, start: int = 0, cache: Path | None = None) -> Any:
+    """Return ``rows`` rows of a demo dataset from row ``start`` on, as its model takes them:
+    a numeric demo's ``(rows, n_features)`` array, the penguins' DataFrame (NaN where missing),
+    the tweets' Series of texts (named ``text``).
 
-    data, _, _ = load_demo_data(model)
-    return data[:rows]
+    :param cache: where the tweets are downloaded once (default ``bench/work/cache``).
+    """
+    from inference_app.demo import DEMOS, TYPED_DEMOS, load_demo_data
+
+    if model in DEMOS:
+        data, _, _ = load_demo_data(model)
+        return data[start : start + rows]
+    sample, _ = TYPED_DEMOS[model].load(cache or WORK / "cache")
+    return sample.iloc[start : start + rows].reset_index(drop=True)
 
 
-def request_body(rows: np.ndarray) -> str:
-    """Return the JSON body every server takes: ``{"instances": [[...], ...]}``."""
-    return json.dumps({"instances": rows.tolist()}, separators=(",", ":"))
+def instances(rows: Any) -> list[Any]:
+    """Return the JSON instances of ``rows``: lists of numbers for an array, an object per row
+    keyed by column for a DataFrame and by name for a Series; ``None`` (``null``) where a value
+    is missing."""
+    import pandas as pd
+
+    if isinstance(rows, pd.Series):
+        rows = rows.to_frame()
+    if isinstance(rows, pd.DataFrame):
+        return [
+            {str(k): None if pd.isna(v) else v for k, v in record.items()}
+            for record in rows.to_dict("records")
+        ]
+    return np.asarray(rows).tolist()
+
+
+def request_body(rows: Any) -> str:
+    """Return the JSON body every server takes: ``{"instances": [[...], ...]}``, or
+    ``{"instances": [{...}, ...]}`` for a DataFrame or Series (see :func:`instances`)."""
+    return json.dumps({"instances": instances(rows)}, separators=(",", ":"), allow_nan=False)
+
+
+def measurement_plan(
+    servers: Sequence[tuple[str, Callable[[str], bool]]],
+    scenarios: Mapping[str, Scenario],
+    connections: Sequence[int],
+    repeat: int,
+) -> list[tuple[str, str, int]]:
+    """Return one repeat's measurements, ``(server, scenario, connections)`` in order.
+
+    Scenario by scenario and connection count by connection count, every server that serves
+    the scenario's model in turn, so the servers compared in a cell are measured back to back;
+    the servers' order is reversed on even repeats, so none is always first after a switch.
+
+    :param servers: each server's name and whether it serves a model.
+    """
+    order = list(servers) if repeat % 2 else list(reversed(servers))
+    return [
+        (name, scenario, count)
+        for scenario, (model, _, _) in scenarios.items()
+        for count in connections
+        for name, serves in order
+        if serves(model)
+    ]
 
 
 def lua_script(body: str) -> str:
@@ -300,14 +434,13 @@ def summarize(
             }
         )
     by_key = {(r["server"], r["scenario"], r["connections"]): r for r in rows}
+
+    def vs(row: Mapping[str, Any], server: str) -> float | None:
+        return ratio(row["rps"], by_key.get((server, row["scenario"], row["connections"]), {}).get("rps"))
+
     for row in rows:
-        row["vs"] = {
-            baseline: ratio(
-                row["rps"],
-                by_key.get((baseline, row["scenario"], row["connections"]), {}).get("rps"),
-            )
-            for baseline in BASELINES
-        }
+        row["vs"] = {baseline: vs(row, baseline) for baseline in BASELINES}
+        row["vs_before"] = vs(row, BEFORE_SERVER)
         row["vs_floor"] = ratio(row["rows_per_s"], floor.get(row["scenario"], {}).get("rows_per_s"))
     return rows, floor
 
@@ -382,6 +515,19 @@ def targets(
             "met": None if value is None else value <= 0.2,
         }
     )
+    after = f"app:{BEFORE_PROFILE}"
+    for row in rows:
+        if row["server"] != after or row["vs_before"] is None:
+            continue
+        found.append(
+            {
+                "target": f"numeric models no slower than before: {row['scenario']}, "
+                f"{row['connections']} conn, req/s >= {BEFORE_TOLERANCE}x {BEFORE_SERVER}",
+                "server": after,
+                "value": row["vs_before"],
+                "met": row["vs_before"] >= BEFORE_TOLERANCE,
+            }
+        )
     preloaded = (memory or {}).get("preload_on")
     if preloaded:
         value = preloaded["ratio_total_pss_to_worker_rss"]
@@ -402,28 +548,68 @@ def targets(
 # ---------------------------------------------------------------------------------------------
 
 
-def server_specs(instance: Path) -> list[ServerSpec]:
-    """Return every server of the matrix: each profile of this server, then the baselines."""
+@dataclass(frozen=True)
+class Before:
+    """A revision of this server checked out beside the working tree, and its instance folder
+    (demo bundles written by that revision's code)."""
+
+    revision: str
+    commit: str
+    tree: Path
+    instance: Path
+    models: frozenset[str]
+
+
+def app_spec(
+    name: str,
+    env: Mapping[str, str],
+    instance: Path,
+    tree: Path = REPO,
+    models: frozenset[str] | None = None,
+) -> ServerSpec:
+    """Return this server (the checkout at ``tree``) under Gunicorn with ``env`` on top."""
+    extra: dict[str, str] = {}
+    argv = [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
+    if tree != REPO:
+        # Another checkout, same virtualenv: its package first on sys.path, its config.
+        extra["PYTHONPATH"] = str(tree / "src")
+        argv = [
+            str(BIN / "gunicorn"),
+            "-c",
+            str(tree / "gunicorn.conf.py"),
+            f"--chdir={tree}",
+            "wsgi:app",
+        ]
+    return ServerSpec(
+        name=name,
+        argv=tuple(argv),
+        env={
+            "GUNICORN_BIND": "127.0.0.1:{port}",
+            "INFERENCE_APP_INSTANCE_PATH": str(
+                instance.with_name(f"{instance.name}-onnx")
+                if env.get("BENCH_BUNDLES") == "onnx"
+                else instance
+            ),
+            **extra,
+            **env,
+        },
+        cwd=tree,
+        route="/v1/models/{model}:predict",
+        ready_path="/health/ready",
+        models=models,
+    )
+
+
+def server_specs(
+    instance: Path, before: Before | None = None, names: Iterable[str] | None = None
+) -> list[ServerSpec]:
+    """Return the servers of the matrix: each profile of this server, ``app:before`` when
+    given, then the baselines; only those in ``names`` when given."""
     models = str(instance / "models")
-    specs = [
-        ServerSpec(
-            name=f"app:{profile}",
-            argv=(str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"),
-            env={
-                "GUNICORN_BIND": "127.0.0.1:{port}",
-                "INFERENCE_APP_INSTANCE_PATH": str(
-                    instance.with_name(f"{instance.name}-onnx")
-                    if env.get("BENCH_BUNDLES") == "onnx"
-                    else instance
-                ),
-                **env,
-            },
-            cwd=REPO,
-            route="/v1/models/{model}:predict",
-            ready_path="/health/ready",
-        )
-        for profile, env in PROFILES.items()
-    ]
+    specs = [app_spec(f"app:{profile}", env, instance) for profile, env in PROFILES.items()]
+    if before is not None:
+        env = PROFILES[BEFORE_PROFILE]
+        specs.append(app_spec(BEFORE_SERVER, env, before.instance, before.tree, before.models))
     specs.append(
         ServerSpec(
             name="seed_flask",
@@ -434,9 +620,10 @@ def server_specs(instance: Path) -> list[ServerSpec]:
                 "--bind=127.0.0.1:{port}",
                 "seed_flask:app",
             ),
-            env={"BENCH_MODELS_DIR": models},
+            env={"BENCH_MODELS_DIR": models, "BENCH_MODELS": ",".join(BASELINES["seed_flask"])},
             cwd=BENCH / "baselines",
             route="/predict/{model}",
+            models=frozenset(BASELINES["seed_flask"]),
         )
     )
     specs.append(
@@ -449,11 +636,37 @@ def server_specs(instance: Path) -> list[ServerSpec]:
                 "--port={port}",
                 "--workers=2",
             ),
-            env={"BENCH_MODELS_DIR": models},
+            env={
+                "BENCH_MODELS_DIR": models,
+                "BENCH_MODELS": ",".join(BASELINES["seed_fastapi"]),
+            },
             cwd=BENCH / "baselines",
             route="/predict/{model}",
+            models=frozenset(BASELINES["seed_fastapi"]),
         )
     )
+    specs.append(
+        ServerSpec(
+            name="seed_flask_pandas",
+            argv=(
+                str(BIN / "gunicorn"),
+                "--workers=2",
+                "--worker-class=sync",
+                "--bind=127.0.0.1:{port}",
+                "seed_flask_pandas:app",
+            ),
+            env={
+                "BENCH_MODELS_DIR": models,
+                "BENCH_MODELS": ",".join(BASELINES["seed_flask_pandas"]),
+            },
+            cwd=BENCH / "baselines",
+            route="/predict/{model}",
+            models=frozenset(BASELINES["seed_flask_pandas"]),
+        )
+    )
+    if names is not None:
+        wanted = set(names)
+        specs = [spec for spec in specs if spec.name in wanted]
     return specs
 
 
