@@ -7,6 +7,7 @@ health and metadata, and inference; plus Triton's binary tensor data extension f
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -328,14 +329,13 @@ def infer(
     :raises: as :meth:`inference_app.core.dataplane.DataPlane.infer`.
     """
     methods = tuple(output["name"] for output in body.get("outputs") or []) or ("predict",)
-    request = InferenceRequest(
-        model=name,
-        version=version,
-        methods=methods,
-        where="inputs",
-        **tensors.decode_inputs(body["inputs"]),
+    started = time.perf_counter()
+    rows = tensors.decode_inputs(body["inputs"])
+    decoded = time.perf_counter() - started
+    result = dataplane.infer(
+        InferenceRequest(model=name, version=version, methods=methods, where="inputs", **rows)
     )
-    result = dataplane.infer(request)
+    result.timings["validate"] += decoded  # decoding the tensors is part of checking them
     outputs = []
     for output in result.outputs:
         encoded = tensors.encode_output(output.method, output.values, output.shape)
