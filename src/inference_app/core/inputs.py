@@ -155,13 +155,14 @@ def from_columns(
         value that does not fit its feature, naming the row and feature.
     """
     names = [feature.name for feature in inputs]
-    unknown = [str(name) for name in columns if name not in set(names)]
+    expected = set(names)
+    unknown = [str(name) for name in columns if name not in expected]
     if unknown and limits.unknown_features == "reject":
         raise InvalidInputError(
             f"unknown {_noun(where)} {_quoted(unknown)}: the model takes {_quoted(names)}",
             {where: {name[:100]: ["Unknown field."] for name in unknown[:10]}},
         )
-    lengths = {len(column) for column in columns.values()}
+    lengths = {len(columns[name]) for name in names if name in columns}
     if len(lengths) > 1:
         raise InvalidInputError(
             f"the {_noun(where)}s have different lengths: {sorted(lengths)}; send one value "
@@ -471,6 +472,8 @@ def _column(values: Any, feature: Feature, limits: Limits, where: str) -> tuple[
             return _strings(values, feature, limits, where)
     if datatype.numeric:
         check_finite(array.reshape(-1, 1).astype(np.float64), [feature], where)
+    if feature.kind == "categorical":
+        return _categories(np.asarray(array, dtype=object), feature, where)
     return _typed(array, feature), 0
 
 
@@ -508,27 +511,45 @@ def _strings(
             f"characters; at most {limits.max_text_length} are accepted (MAX_TEXT_LENGTH)",
             {where: {index: {feature.name: [message]}}},
         )
-    unseen = 0
-    if feature.kind == "categorical" and feature.categories is not None:
-        known = set(feature.categories)
-        strange = [i for i, value in enumerate(values) if value is not None and value not in known]
-        if strange and feature.unknown_categories == "error":
-            index = strange[0]
-            shown = ", ".join(repr(c) for c in feature.categories[:SHOWN_CATEGORIES])
-            more = len(feature.categories) - SHOWN_CATEGORIES
-            listing = shown + (f" and {more} more" if more > 0 else "")
-            raise InvalidInputError(
-                f"row {index}, feature {feature.name!r}: {str(values[index])[:100]!r} is not a "
-                f"category the model knows; send one of {listing}",
-                {where: {index: {feature.name: [f"Must be one of: {listing}."]}}},
-            )
-        unseen = len(strange)
     array = np.array([math.nan if value is None else value for value in values], dtype=object)
-    if feature.dtype == "category":
-        return pd.Categorical(array, categories=list(feature.categories or ())), unseen
+    if feature.kind == "categorical":
+        return _categories(array, feature, where)
     if feature.dtype in ("str", "string"):
-        return pd.array(array, dtype=feature.dtype), unseen
-    return array, unseen
+        return pd.array(array, dtype=feature.dtype), 0
+    return array, 0
+
+
+def _categories(array: np.ndarray, feature: Feature, where: str) -> tuple[Any, int]:
+    """Check a categorical feature's values against its known categories.
+
+    :returns: the values (a ``pandas.Categorical`` with the training categories for a
+        ``category`` column), and how many were unknown and tolerated.
+    :raises InvalidInputError: an unknown category where the model's encoder refuses them.
+    """
+    categories = feature.categories or ()
+    known = set(categories)
+    strange = [
+        i for i, value in enumerate(array.tolist()) if not _is_missing(value) and value not in known
+    ]
+    if strange and feature.unknown_categories == "error":
+        index = strange[0]
+        shown = ", ".join(repr(c) for c in categories[:SHOWN_CATEGORIES])
+        more = len(categories) - SHOWN_CATEGORIES
+        listing = shown + (f" and {more} more" if more > 0 else "")
+        raise InvalidInputError(
+            f"row {index}, feature {feature.name!r}: {str(array[index])[:100]!r} is not a "
+            f"category the model knows; send one of {listing}",
+            {where: {index: {feature.name: [f"Must be one of: {listing}."]}}},
+        )
+    if feature.dtype == "category":
+        return pd.Categorical(array, categories=list(categories)), len(strange)
+    if feature.dtype in ("str", "string"):
+        return pd.array(array, dtype=feature.dtype), len(strange)
+    return array, len(strange)
+
+
+def _is_missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _datetimes(values: Sequence[Any], feature: Feature, where: str) -> Any:
