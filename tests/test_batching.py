@@ -15,8 +15,8 @@ from sklearn.tree import DecisionTreeClassifier
 
 from inference_app import create_app
 from inference_app.core.batching import Batcher
-from inference_app.core.registry import Registry
 from inference_app.core.dataplane import DataPlane
+from inference_app.core.registry import Registry
 from inference_app.demo import load_demo_data
 
 

@@ -1,4 +1,4 @@
-"""The benchmark harness's pure parts (``bench/run.py``) and the two baseline apps.
+"""The benchmark harness's pure parts (``bench/run.py``) and the three baseline apps.
 
 Nothing here starts a server or runs wrk.
 """
@@ -14,6 +14,7 @@ from types import ModuleType
 
 import joblib
 import numpy as np
+import pandas as pd
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -186,7 +187,9 @@ def test_summarize_takes_medians_and_ratios(bench: ModuleType) -> None:
     assert (best["rps"], best["p99_ms"], best["p50_ms"]) == (700, 3, 1.5)
     assert (best["rps_min"], best["rps_max"]) == (600, 800)
     assert (best["errors"], best["errors_total"], best["repeats"]) == (0, 3, 3)
-    assert best["vs"] == {"seed_flask": 3.5, "seed_fastapi": 1.75}
+    assert best["vs"] == {"seed_flask": 3.5, "seed_fastapi": 1.75, "seed_flask_pandas": None}
+    assert best["vs_before"] is None
+    assert best["vs_before_paired"] is None
     assert best["vs_floor"] == pytest.approx(700 / 1400)
     assert by_server["seed_flask"]["vs"]["seed_flask"] == 1.0
 
@@ -195,7 +198,7 @@ def test_summarize_counts_rows_per_request(bench: ModuleType) -> None:
     run = {**_run("app:best", 50, 9, rows=100), "scenario": "breast_cancer_100"}
     rows, _ = bench.summarize([run], [])
     assert rows[0]["rows_per_s"] == 5000
-    assert rows[0]["vs"] == {"seed_flask": None, "seed_fastapi": None}
+    assert rows[0]["vs"] == {"seed_flask": None, "seed_fastapi": None, "seed_flask_pandas": None}
     assert rows[0]["vs_floor"] is None
     assert "| breast_cancer_100 | 8 | app:best | 50 | 50-50 | 5,000 | 4.50 | 9.00 | 0 |" in (
         bench.format_table(rows, {})
@@ -301,3 +304,224 @@ def test_seed_fastapi_predicts(
         response = client.post(f"/predict/{model}", json={"instances": rows.tolist()})
     assert response.status_code == 200
     assert response.json() == {"predictions": _expected(demo_instance, model, rows)}
+
+
+def test_settings_filters_from_env(bench: ModuleType) -> None:
+    settings = bench.Settings.from_env(
+        {
+            "BENCH_SERVERS": "app:default, app:before,seed_flask_pandas",
+            "BENCH_SCENARIOS": "penguins_100,iris_1",
+            "BENCH_CONNECTIONS": "8,1,8",
+            "BENCH_BEFORE": "7eeed69",
+        }
+    )
+    assert settings.servers == ("app:default", "app:before", "seed_flask_pandas")
+    assert settings.connections == (8, 1)
+    assert settings.before == "7eeed69"
+    assert list(settings.chosen_scenarios()) == ["iris_1", "penguins_100"]
+    every = bench.Settings.from_env({"BENCH_SERVERS": " ", "BENCH_SCENARIOS": ""})
+    assert every.servers is None
+    assert every.connections == bench.CONNECTIONS
+    assert every.chosen_scenarios() == bench.SCENARIOS
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"BENCH_SERVERS": "app:nope"}, "BENCH_SERVERS: unknown app:nope"),
+        ({"BENCH_SERVERS": "app:before"}, "unknown app:before"),
+        ({"BENCH_SCENARIOS": "iris_1,penguins_7"}, "BENCH_SCENARIOS: unknown penguins_7"),
+        ({"BENCH_CONNECTIONS": "8,x"}, "must be integers"),
+        ({"BENCH_CONNECTIONS": "0"}, "at least 1"),
+    ],
+)
+def test_settings_refuse_unknown_names(bench: ModuleType, environ: dict, message: str) -> None:
+    with pytest.raises(bench.BenchError, match=message):
+        bench.Settings.from_env(environ)
+
+
+def test_request_body_of_a_table_has_null_where_missing(bench: ModuleType) -> None:
+    table = pd.DataFrame(
+        {
+            "island": pd.Series(["Biscoe", np.nan], dtype=object),
+            "bill_length_mm": [39.1, np.nan],
+        }
+    )
+    body = json.loads(bench.request_body(table))
+    assert body == {
+        "instances": [
+            {"island": "Biscoe", "bill_length_mm": 39.1},
+            {"island": None, "bill_length_mm": None},
+        ]
+    }
+    texts = pd.Series(["good", "bad ]]"], name="text")
+    assert json.loads(bench.request_body(texts)) == {
+        "instances": [{"text": "good"}, {"text": "bad ]]"}]
+    }
+
+
+def test_penguin_scenarios_hold_missing_values(bench: ModuleType) -> None:
+    one = bench.scenario_rows(*bench.SCENARIOS["penguins_1"])
+    assert one.shape == (1, 6)
+    assert one.isna().sum().to_dict() == {
+        "island": 0,
+        "bill_length_mm": 0,
+        "bill_depth_mm": 0,
+        "flipper_length_mm": 0,
+        "body_mass_g": 0,
+        "sex": 1,
+    }
+    hundred = bench.scenario_rows(*bench.SCENARIOS["penguins_100"])
+    assert hundred.shape == (100, 6)
+    assert int(hundred.isna().any(axis=1).sum()) == 6
+    instances = json.loads(bench.request_body(hundred))["instances"]
+    assert instances[3] == {
+        "island": "Torgersen",
+        "bill_length_mm": None,
+        "bill_depth_mm": None,
+        "flipper_length_mm": None,
+        "body_mass_g": None,
+        "sex": None,
+    }
+
+
+def test_scenarios_name_their_rows(bench: ModuleType) -> None:
+    for name, scenario in bench.SCENARIOS.items():
+        assert name == f"{scenario.model}_{scenario.rows}"
+
+
+def _serves(*models: str):
+    return lambda model: model in models
+
+
+def test_measurement_plan_puts_the_servers_of_a_cell_back_to_back(bench: ModuleType) -> None:
+    servers = [
+        ("app:default", _serves("iris", "penguins")),
+        ("app:before", _serves("iris")),
+        ("seed_flask_pandas", _serves("penguins")),
+    ]
+    scenarios = {k: bench.SCENARIOS[k] for k in ("iris_1", "penguins_1")}
+    assert bench.measurement_plan(servers, scenarios, (1, 8), repeat=1) == [
+        ("app:default", "iris_1", 1),
+        ("app:before", "iris_1", 1),
+        ("app:default", "iris_1", 8),
+        ("app:before", "iris_1", 8),
+        ("app:default", "penguins_1", 1),
+        ("seed_flask_pandas", "penguins_1", 1),
+        ("app:default", "penguins_1", 8),
+        ("seed_flask_pandas", "penguins_1", 8),
+    ]
+    assert bench.measurement_plan(servers, scenarios, (8,), repeat=2) == [
+        ("app:before", "iris_1", 8),
+        ("app:default", "iris_1", 8),
+        ("seed_flask_pandas", "penguins_1", 8),
+        ("app:default", "penguins_1", 8),
+    ]
+
+
+def test_summarize_compares_with_before(bench: ModuleType) -> None:
+    iris = [
+        {**_run(server, rps, 10), "scenario": "iris_1", "repeat": repeat}
+        for server, series in (("app:default", (100, 180, 300)), ("app:before", (95, 200, 310)))
+        for repeat, rps in enumerate(series, start=1)
+    ]
+    runs = [
+        *iris,
+        {**_run("app:default", 90, 10), "scenario": "breast_cancer_1", "repeat": 1},
+        {**_run("app:before", 100, 10), "scenario": "breast_cancer_1", "repeat": 1},
+        {**_run("app:default", 60, 10, rows=100), "scenario": "penguins_100"},
+        {**_run("seed_flask_pandas", 20, 10, rows=100), "scenario": "penguins_100"},
+    ]
+    rows, _ = bench.summarize(runs, [])
+    by_key = {(r["server"], r["scenario"]): r for r in rows}
+    # Medians 180 / 200; within each repeat 100 / 95, 180 / 200, 300 / 310.
+    assert by_key["app:default", "iris_1"]["vs_before"] == pytest.approx(0.9)
+    assert by_key["app:default", "iris_1"]["vs_before_paired"] == pytest.approx(300 / 310)
+    assert by_key["app:before", "iris_1"]["vs_before_paired"] == 1.0
+    assert by_key["app:default", "breast_cancer_1"]["vs_before_paired"] == pytest.approx(0.9)
+    assert by_key["app:default", "penguins_100"]["vs"]["seed_flask_pandas"] == 3.0
+    assert by_key["app:default", "penguins_100"]["vs_before"] is None
+    assert by_key["app:default", "penguins_100"]["vs_before_paired"] is None
+    found = {t["target"]: t for t in bench.targets(rows, None) if "than before" in t["target"]}
+    assert [(t["server"], t["met"]) for t in found.values()] == [
+        ("app:default", True),
+        ("app:default", False),
+    ]
+    target = (
+        "numeric models no slower than before: iris_1, 8 conn, req/s >= 0.95x app:before "
+        "(median of the repeats' ratios)"
+    )
+    assert found[target]["value"] == pytest.approx(300 / 310)
+    table = bench.format_table(rows, {})
+    header = table.splitlines()[0]
+    assert header.endswith("| x seed_flask_pandas | x before | x floor |")
+    assert "x seed_fastapi" not in header
+    assert (
+        "| iris_1 | 8 | app:default | 180 | 100-300 | 180 | 5.00 | 10.00 | 0 | - | 0.90x | - |"
+        in table
+    )
+    assert "| penguins_100 | 8 | app:default | 60 | 60-60 | 6,000 |" in table
+    assert table.count("| 3.00x | - | - |") == 1
+
+
+def test_server_specs_of_before_run_its_checkout(bench: ModuleType, tmp_path: Path) -> None:
+    tree = tmp_path / "before"
+    before = bench.Before("7eeed69", "7eeed69" * 5, tree, tmp_path / "old", frozenset({"iris"}))
+    specs = bench.server_specs(
+        tmp_path / "instance", before, ["seed_flask_pandas", "app:before", "app:default"]
+    )
+    by_name = {spec.name: spec for spec in specs}
+    assert list(by_name) == ["app:default", "app:before", "seed_flask_pandas"]
+    old = by_name["app:before"]
+    assert old.env["PYTHONPATH"] == str(tree / "src")
+    assert old.env["INFERENCE_APP_INSTANCE_PATH"] == str(tmp_path / "old")
+    assert old.env["GUNICORN_WORKERS"] == bench.PROFILES["default"]["GUNICORN_WORKERS"]
+    assert old.argv[1:] == ("-c", str(tree / "gunicorn.conf.py"), f"--chdir={tree}", "wsgi:app")
+    assert old.cwd == tree
+    assert old.serves("iris") and not old.serves("penguins")
+    assert "PYTHONPATH" not in by_name["app:default"].env
+    assert by_name["app:default"].serves("sentiment")
+    pandas_app = by_name["seed_flask_pandas"]
+    assert pandas_app.env["BENCH_MODELS"] == "penguins,sentiment"
+    assert not pandas_app.serves("iris")
+
+
+def test_seed_flask_pandas_predicts_penguins(
+    bench: ModuleType, tmp_path: Path, monkeypatch
+) -> None:
+    from inference_app.demo import write_demo_bundles
+
+    write_demo_bundles(tmp_path, names=["penguins"])
+    rows = bench.scenario_rows("penguins", 100)
+    monkeypatch.setenv("BENCH_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("BENCH_MODELS", "penguins")
+    seed = load(BENCH / "baselines" / "seed_flask_pandas.py", "seed_flask_pandas")
+    body = json.loads(bench.request_body(rows))
+    response = seed.app.test_client().post("/predict/penguins", json=body)
+    assert response.status_code == 200
+    expected = joblib.load(tmp_path / "penguins" / "1" / "model.joblib").predict(rows)
+    assert response.get_json() == {"predictions": expected.tolist()}
+
+
+def test_seed_flask_pandas_gives_a_text_pipeline_its_column(
+    bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inference_app.demo import sentiment_pipeline
+
+    texts = pd.Series(
+        ["good day", "good food", "very good", "bad day", "bad food", "very bad"], name="text"
+    )
+    labels = ["positive"] * 3 + ["negative"] * 3
+    pipeline = sentiment_pipeline().fit(texts, labels)
+    (tmp_path / "sentiment" / "1").mkdir(parents=True)
+    joblib.dump(pipeline, tmp_path / "sentiment" / "1" / "model.joblib")
+    monkeypatch.setenv("BENCH_MODELS_DIR", str(tmp_path))
+    monkeypatch.setenv("BENCH_MODELS", "sentiment")
+    seed = load(BENCH / "baselines" / "seed_flask_pandas.py", "seed_flask_pandas")
+    asked = pd.Series(["a good day", "bad", "very very bad food"], name="text")
+    response = seed.app.test_client().post(
+        "/predict/sentiment", json=json.loads(bench.request_body(asked))
+    )
+    assert response.status_code == 200
+    assert response.get_json() == {"predictions": pipeline.predict(asked).tolist()}
+    assert len(response.get_json()["predictions"]) == 3

@@ -14,6 +14,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from inference_app.core.bundle import MANIFEST_FILE, write_bundle
+from inference_app.core.dataplane import DataPlane, json_values
 from inference_app.core.errors import (
     BundleError,
     InvalidOutputError,
@@ -21,7 +22,6 @@ from inference_app.core.errors import (
     ModelNotReadyError,
 )
 from inference_app.core.registry import Registry
-from inference_app.core.dataplane import DataPlane, json_values
 
 
 def test_dataframe_fitted_pipeline_is_served_in_its_column_order(tmp_path: Path) -> None:
@@ -36,7 +36,9 @@ def test_dataframe_fitted_pipeline_is_served_in_its_column_order(tmp_path: Path)
     records = wine.data.iloc[:, ::-1].to_dict(orient="records")
     # filterwarnings=error: scikit-learn's "X does not have valid feature names" would fail here.
     prediction = dataplane.predict("wine", records, method="predict_proba")
-    np.testing.assert_allclose(prediction.outputs[0].values, model.predict_proba(wine.data), rtol=1e-12)
+    np.testing.assert_allclose(
+        prediction.outputs[0].values, model.predict_proba(wine.data), rtol=1e-12
+    )
     assert prediction.outputs[0].classes == [0, 1, 2]
 
 

@@ -26,6 +26,7 @@ def to_matrix(
     features = [dataclasses.replace(feature, nullable=allow_nan) for feature in features]
     return from_rows(rows, features, "matrix", Limits(max_rows, unknown_features)).data
 
+
 MIXED = (
     Feature("length", "FP64"),
     Feature("count", "INT64"),

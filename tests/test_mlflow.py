@@ -211,7 +211,9 @@ MATRIX = [
     pytest.param(Case({"instances": {"a": 1}}, "instances"), id="instances not an array"),
     pytest.param(Case({"inputs": 5}, "inputs"), id="inputs a number"),
     pytest.param(
-        Case({"inputs": {IRIS_COLUMNS[0]: [5.1, 6.7], IRIS_COLUMNS[1]: [3.5]}}, "different lengths"),
+        Case(
+            {"inputs": {IRIS_COLUMNS[0]: [5.1, 6.7], IRIS_COLUMNS[1]: [3.5]}}, "different lengths"
+        ),
         id="inputs columns of different lengths",
     ),
     pytest.param(

@@ -14,9 +14,9 @@ from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.tree import DecisionTreeClassifier
 
 from inference_app.core.bundle import JOBLIB_FILE, write_bundle
+from inference_app.core.dataplane import DataPlane
 from inference_app.core.errors import BundleError, ModelNotFoundError, ModelNotReadyError
 from inference_app.core.registry import Registry, discover, version_key
-from inference_app.core.dataplane import DataPlane
 
 #: Each model: its dataset loader and a factory of its unfitted estimator.
 MODELS: dict[str, tuple[Callable[..., Any], Callable[[], Any]]] = {
@@ -199,7 +199,9 @@ def test_models_are_ready_only_after_warm_up(
     assert all(registry.is_ready(bundle) for bundle in registry.bundles())
     assert registry.model_ready("iris")
     prediction = dataplane.predict("diabetes", rows.tolist())
-    np.testing.assert_allclose(prediction.outputs[0].values, estimators["diabetes"][0].predict(rows))
+    np.testing.assert_allclose(
+        prediction.outputs[0].values, estimators["diabetes"][0].predict(rows)
+    )
 
 
 def test_reload_needs_a_new_warm_up(write: Callable[[str, str], Path], models: Path) -> None:

@@ -460,13 +460,18 @@ MATRIX = [
         Case(infer(tensor(["5.1", 3.5, 1.4, 0.2])), phrase="got a string"), id="strings in FP64"
     ),
     pytest.param(
-        Case(infer(tensor([5.1, 3.5, 1.4, 0.2], datatype="INT32")), phrase="takes integers; got a number"),
+        Case(
+            infer(tensor([5.1, 3.5, 1.4, 0.2], datatype="INT32")),
+            phrase="expected an integer (datatype INT32), got a number",
+        ),
         id="floats in INT32",
     ),
     pytest.param(
         Case(infer(tensor([True, 3.5, 1.4, 0.2])), phrase="got a boolean"), id="booleans in FP64"
     ),
-    pytest.param(Case(infer(tensor([None, 3.5, 1.4, 0.2])), phrase="missing values"), id="null in FP64"),
+    pytest.param(
+        Case(infer(tensor([None, 3.5, 1.4, 0.2])), phrase="missing values"), id="null in FP64"
+    ),
     pytest.param(Case(infer(tensor(5.1)), phrase="must be an array"), id="data not an array"),
     pytest.param(
         Case(infer(tensor([5.1, 3.5, 1.4])), phrase="holds 4 elements but data has 3"),
@@ -504,7 +509,10 @@ MATRIX = [
     ),
     pytest.param(
         # orjson reads integers beyond 64 bits as floats, which INT64 does not take.
-        Case(infer(tensor([2**64, 3, 1, 0], datatype="INT64")), phrase="INT64 takes integers"),
+        Case(
+            infer(tensor([2**64, 3, 1, 0], datatype="INT64")),
+            phrase="(datatype INT64), got a number",
+        ),
         id="INT64 out of range",
     ),
     pytest.param(

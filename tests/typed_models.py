@@ -1,4 +1,4 @@
-"""Typed pipelines fitted on real data for the typed-feature tests: strings, categories, texts, datetimes."""
+"""Typed pipelines on real data for the typed-feature tests: strings, categories, texts, dates."""
 
 from __future__ import annotations
 
@@ -49,13 +49,24 @@ class Fitted:
     rows: Any
     target: pd.Series
 
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The rows as a DataFrame (a text model's Series as its one column)."""
+        return self.rows if isinstance(self.rows, pd.DataFrame) else self.rows.to_frame()
+
+    def predict(self, frame: pd.DataFrame, method: str = "predict") -> np.ndarray:
+        """In-process ``method`` of the estimator on ``frame``, in the layout it was fitted on."""
+        rows = frame if isinstance(self.rows, pd.DataFrame) else frame[self.rows.name]
+        result: np.ndarray = getattr(self.estimator, method)(rows)
+        return result
+
 
 def datetime_parts(frame: pd.DataFrame) -> np.ndarray:
     """Expand each datetime column into its hour and day of the week, as floats."""
     parts = []
     for name in frame.columns:
         moments = pd.to_datetime(frame[name])
-        parts += [moments.dt.hour.to_numpy(), moments.dt.dayofweek.to_numpy()]
+        parts += [moments.dt.hour.to_numpy(), moments.dt.day_of_week.to_numpy()]
     return np.column_stack(parts).astype(np.float64)
 
 
@@ -179,6 +190,11 @@ def sentiment(cache_dir: Path) -> Fitted:
     return Fitted("sentiment", model.fit(texts, labels), texts, labels)
 
 
+def tweets_cache(base: Path) -> Path:
+    """The folder the tweets are downloaded to once, shared by every test module of a run."""
+    return base / "typed-tweets-cache"
+
+
 def fit_all(cache_dir: Path) -> dict[str, Fitted]:
     """Fit every typed pipeline, by name."""
     fitted = [
@@ -201,7 +217,8 @@ def write_all(models: dict[str, Fitted], models_dir: Path) -> None:
 def json_rows(frame: pd.DataFrame) -> list[list[Any]]:
     """The rows as JSON-native lists in column order: None where missing, ISO 8601 datetimes."""
     return [
-        [_json_value(value) for value in row] for row in frame.astype(object).itertuples(index=False)
+        [_json_value(value) for value in row]
+        for row in frame.astype(object).itertuples(index=False)
     ]
 
 

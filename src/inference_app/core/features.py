@@ -267,9 +267,12 @@ def _probe_nullable(estimator: Any, frame: pd.DataFrame, feature: Feature) -> Fe
     if feature.nullable:
         return feature
     rows = frame.head(REFERENCE_ROWS).copy()
-    rows[feature.name] = pd.Series(
-        [None] * len(rows), dtype=frame[feature.name].dtype, index=rows.index
-    )
+    missing = pd.Series([None] * len(rows), index=rows.index, dtype=object)
+    try:
+        rows[feature.name] = missing.astype(frame[feature.name].dtype)
+    except (TypeError, ValueError):  # an integer column holds missing values as float NaN
+        rows[feature.name] = missing.astype(np.float64)
+
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
@@ -336,7 +339,7 @@ def _first_readers(estimator: Any, names: list[str]) -> Iterator[tuple[Any, list
             yield transformer, columns
             inner = getattr(transformer, "steps", None)
             if inner:
-                for step, _ in inner:
+                for _, step in inner:
                     yield step, columns
                     if not (_imputes(step) or _is_passthrough(step)):
                         break

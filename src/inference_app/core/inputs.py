@@ -541,7 +541,8 @@ def _categories(array: np.ndarray, feature: Feature, where: str) -> tuple[Any, i
             f"category the model knows; send one of {listing}",
             {where: {index: {feature.name: [f"Must be one of: {listing}."]}}},
         )
-    if feature.dtype == "category":
+    if feature.dtype == "category":  # a category the model never saw is missing to it
+        array[strange] = math.nan
         return pd.Categorical(array, categories=list(categories)), len(strange)
     if feature.dtype in ("str", "string"):
         return pd.array(array, dtype=feature.dtype), len(strange)

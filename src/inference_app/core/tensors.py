@@ -25,7 +25,6 @@ ELEMENT_TYPES: dict[str, frozenset[type]] = {
     | ({type(None)} if name == "BYTES" or name.startswith("FP") else set())
     for name in TENSOR_DATATYPES
 }
-PLURALS = {int: "integers", float: "numbers", bool: "booleans", str: "strings", type(None): "null"}
 #: The name of the single ``[N, n_features]`` input tensor in model metadata.
 MATRIX_INPUT = "input-0"
 
@@ -133,11 +132,12 @@ def _from_json(name: str, datatype: str, data: Any, shape: Sequence[int]) -> np.
     kinds = set(map(type, flat))
     accepted = ELEMENT_TYPES[datatype]
     if not kinds <= accepted:
-        wrong = next(value for value in flat if type(value) not in accepted)
+        index, wrong = next((i, v) for i, v in enumerate(flat) if type(v) not in accepted)
+        row = index // (math.prod(shape[1:]) or 1) if shape else 0
         raise _error(
             name,
-            f"datatype {datatype} takes {' or '.join(sorted(PLURALS[t] for t in accepted))}; "
-            f"got {JSON_TYPE_NAMES.get(type(wrong), type(wrong).__name__)}",
+            f"row {row}: expected {DATATYPES[datatype].expected} (datatype {datatype}), got "
+            f"{JSON_TYPE_NAMES.get(type(wrong), type(wrong).__name__)}",
         )
     dtype = np.dtype(DATATYPES[datatype].dtype)
     try:

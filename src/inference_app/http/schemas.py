@@ -133,7 +133,7 @@ class SinglePredictRequestSchema(Schema):
         },
     )
     input = fields.List(
-        fields.Raw(),
+        fields.Raw(allow_none=True),
         metadata={"description": "One row's values in the model's feature order."},
     )
     method = _method()
