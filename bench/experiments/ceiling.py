@@ -1,8 +1,8 @@
 """Experiment: how far above the seed apps can any WSGI app get on this machine?
 
 ``bare`` is the least a server can do per request: read the body, ``orjson.loads``, predict
-with this server's runtime (ONNX when the bundle has it, no batching), ``orjson.dumps``; no
-Flask, no validation beyond the runtime's row checks, no metrics, no logs. Run as a script,
+with this server's dataplane (ONNX when the bundle has it, no batching), ``orjson.dumps``; no
+Flask, no validation beyond the dataplane's row checks, no metrics, no logs. Run as a script,
 it serves ``bare`` under Gunicorn (2 sync workers, then 2 gthread workers x 4 threads) beside
 the seed Flask and seed FastAPI apps of ``bench/baselines`` and measures iris, one row per
 request, 8 connections, with wrk, repeats interleaved. Needs ``make bench`` to have run once
@@ -19,23 +19,23 @@ from typing import Any
 
 import orjson
 
+from inference_app.core.dataplane import DataPlane
 from inference_app.core.registry import Registry
-from inference_app.core.runtime import Runtime
 
-_runtime: Runtime | None = None
+_runtime: DataPlane | None = None
 
 
 def bare(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    """Answer ``POST /<model>`` with ``{"instances": [...]}`` by the runtime, nothing else."""
+    """Answer ``POST /<model>`` with ``{"instances": [...]}`` by the dataplane, nothing else."""
     global _runtime
     if _runtime is None:
-        _runtime = Runtime(Registry(os.environ["BENCH_MODELS_DIR"]))
+        _runtime = DataPlane(Registry(os.environ["BENCH_MODELS_DIR"]))
         _runtime.registry.load()
         _runtime.warm_up()
     body = orjson.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
     prediction = _runtime.predict(environ["PATH_INFO"].strip("/"), body["instances"])
     start_response("200 OK", [("Content-Type", "application/json")])
-    return [orjson.dumps({"predictions": prediction.outputs})]
+    return [orjson.dumps({"predictions": prediction.outputs[0].values})]
 
 
 def main() -> None:

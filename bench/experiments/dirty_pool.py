@@ -14,16 +14,16 @@ from typing import Any
 
 from gunicorn.dirty import DirtyApp, get_dirty_client
 
+from inference_app.core.dataplane import DataPlane
 from inference_app.core.registry import Registry
-from inference_app.core.runtime import Runtime
 
 MODELS = os.environ.get("BENCH_MODELS_DIR", "")
 
 
-def _runtime(batching: bool) -> Runtime:
+def _runtime(batching: bool) -> DataPlane:
     registry = Registry(MODELS)
     registry.load()
-    runtime = Runtime(registry, batching=batching)
+    runtime = DataPlane(registry, batching=batching)
     runtime.warm_up()
     return runtime
 
@@ -37,13 +37,13 @@ class ModelPool(DirtyApp):
 
     def predict(self, name: str, instances: list[Any]) -> list[Any]:
         """Return the predictions of ``name`` for ``instances``."""
-        return self.runtime.predict(name, instances).outputs
+        return self.runtime.predict(name, instances).outputs[0].values
 
     def close(self) -> None:
         """Nothing to release."""
 
 
-_direct: Runtime | None = None
+_direct: DataPlane | None = None
 
 
 def _answer(start_response: Any, predictions: list[Any]) -> list[bytes]:
@@ -59,7 +59,7 @@ def direct(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         _direct = _runtime(batching=True)
     body = json.loads(environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0)))
     name = environ["PATH_INFO"].strip("/")
-    return _answer(start_response, _direct.predict(name, body["instances"]).outputs)
+    return _answer(start_response, _direct.predict(name, body["instances"]).outputs[0].values)
 
 
 def pooled(environ: dict[str, Any], start_response: Any) -> list[bytes]:

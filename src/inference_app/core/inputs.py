@@ -301,9 +301,9 @@ def _accepted(feature: Feature) -> frozenset[type]:
 
 def _matrix(rows: Sequence[Sequence[Any]], inputs: Sequence[Feature], where: str) -> np.ndarray:
     """Build the float64 matrix of numeric rows: one type pass, one numpy pass."""
-    accepted = [_accepted(feature) for feature in inputs]
-    common = frozenset.intersection(*accepted)
-    if not set(map(type, itertools.chain.from_iterable(rows))) <= common:
+    plan = _plan(inputs)
+    accepted = plan.accepted
+    if not set(map(type, itertools.chain.from_iterable(rows))) <= plan.common:
         for index, row in enumerate(rows):
             for value, feature, types in zip(row, inputs, accepted, strict=True):
                 if type(value) not in types:
@@ -376,13 +376,15 @@ def check_finite(matrix: np.ndarray, inputs: Sequence[Feature], where: str = "in
 
     :raises InvalidInputError: naming the first row and feature at fault.
     """
-    nullable = np.array([feature.nullable for feature in inputs])
-    with np.errstate(invalid="ignore"):
-        bad = np.isinf(matrix) | (np.isnan(matrix) & ~nullable)
-    float32 = np.array([feature.datatype == "FP32" for feature in inputs])
-    if float32.any():
+    masks = _plan(inputs).masks
+    if masks is None:  # the common case: one numpy pass
+        bad = ~np.isfinite(matrix)
+    else:
+        nullable, float32 = masks
         with np.errstate(invalid="ignore"):
-            bad |= (np.abs(matrix) > FLOAT32_MAX) & float32
+            bad = np.isinf(matrix) | (np.isnan(matrix) & ~nullable)
+            if float32 is not None:
+                bad |= (np.abs(matrix) > FLOAT32_MAX) & float32
     if not bad.any():
         return
     index, column = (int(i) for i in np.argwhere(bad)[0])
@@ -399,6 +401,44 @@ def check_finite(matrix: np.ndarray, inputs: Sequence[Feature], where: str = "in
         f"row {index}, feature {feature.name!r}: {message}",
         {where: {index: {feature.name: [message]}}},
     )
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What checking a numeric model's rows needs of its features, computed once per model.
+
+    :param accepted: the JSON types each feature takes.
+    :param common: the JSON types every feature takes.
+    :param masks: which features may be missing and which are ``FP32``, boolean masks of
+        shape ``(n_features,)`` (``None`` for no ``FP32``); ``None`` when neither occurs.
+    """
+
+    accepted: list[frozenset[type]]
+    common: frozenset[type]
+    masks: tuple[np.ndarray, np.ndarray | None] | None
+
+
+#: Plans by the ``id`` of the feature tuple they are for, with the tuple (a manifest's inputs).
+_PLANS: dict[int, tuple[Sequence[Feature], _Plan]] = {}
+
+
+def _plan(inputs: Sequence[Feature]) -> _Plan:
+    """Return the plan of ``inputs``, from the cache when it is a manifest's tuple."""
+    cached = _PLANS.get(id(inputs))
+    if cached is not None and cached[0] is inputs:
+        return cached[1]
+    accepted = [_accepted(feature) for feature in inputs]
+    nullable = np.array([feature.nullable for feature in inputs])
+    float32 = np.array([feature.datatype == "FP32" for feature in inputs])
+    masks = None
+    if nullable.any() or float32.any():
+        masks = (nullable, float32 if float32.any() else None)
+    plan = _Plan(accepted, frozenset.intersection(*accepted), masks)
+    if isinstance(inputs, tuple):
+        if len(_PLANS) >= 1024:
+            _PLANS.clear()
+        _PLANS[id(inputs)] = (inputs, plan)
+    return plan
 
 
 def _from_cell(cell: Any, feature: Feature, row: int) -> Any:
