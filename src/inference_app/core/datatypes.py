@@ -194,3 +194,15 @@ def tensor_datatype(dtype: Any) -> str:
     """
     wanted = np.dtype(dtype)
     return next(name for name in TENSOR_DATATYPES if np.dtype(DATATYPES[name].dtype) == wanted)
+
+
+def of_values(kinds: set[type]) -> str:
+    """Return the tensor datatype that carries JSON-native values of the types ``kinds``:
+    ``BOOL``, ``INT64``, ``FP64`` for numbers, else ``BYTES`` (as strings)."""
+    if kinds <= {bool}:
+        return "BOOL"
+    if kinds <= {int}:
+        return "INT64"
+    if kinds <= {int, float}:
+        return "FP64"
+    return "BYTES"

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_app.core.datatypes import DATATYPES, JSON_TYPE_NAMES, TENSOR_DATATYPES
+from inference_app.core.datatypes import DATATYPES, JSON_TYPE_NAMES, TENSOR_DATATYPES, of_values
 from inference_app.core.errors import InvalidInputError
 
 #: JSON element types each tensor datatype accepts; booleans are not integers, and ``null``
@@ -105,15 +105,9 @@ def encode_output(name: str, values: list[Any], shape: Sequence[int]) -> dict[st
     flat = values
     for _ in range(len(shape) - 1):
         flat = list(itertools.chain.from_iterable(flat))
-    kinds = set(map(type, flat))
-    if kinds <= {bool}:
-        datatype = "BOOL"
-    elif kinds <= {int}:
-        datatype = "INT64"
-    elif kinds <= {int, float}:
-        datatype = "FP64"
-    else:
-        datatype, flat = "BYTES", [str(value) for value in flat]
+    datatype = of_values(set(map(type, flat)))
+    if datatype == "BYTES":
+        flat = [str(value) for value in flat]
     return {"name": name, "datatype": datatype, "shape": list(shape), "data": flat}
 
 

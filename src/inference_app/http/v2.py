@@ -20,7 +20,7 @@ from inference_app import __version__
 from inference_app.core import tensors
 from inference_app.core.bundle import METHODS, Bundle
 from inference_app.core.dataplane import DataPlane, InferenceRequest, InferenceResult
-from inference_app.core.datatypes import DATATYPES, TENSOR_DATATYPES
+from inference_app.core.datatypes import DATATYPES, TENSOR_DATATYPES, of_values
 from inference_app.http import observe
 from inference_app.http.api import (
     Blueprint,
@@ -355,8 +355,7 @@ def infer(
 def _output_metadata(bundle: Bundle, method: str) -> dict[str, Any]:
     classes = bundle.manifest.classes
     if method == "predict":
-        labels = set(map(type, classes or [0.0]))
-        datatype = "INT64" if labels <= {int} else "FP64" if labels <= {float} else "BYTES"
+        datatype = of_values(set(map(type, classes or [0.0])))
         return {"name": method, "datatype": datatype, "shape": [-1]}
     width = len(classes or [])
     binary_scores = method == "decision_function" and width == 2
