@@ -694,3 +694,23 @@ def test_the_server_still_answers_after_the_matrix(
     body = post(server, IRIS_INFER, request)
     assert body["outputs"][0]["data"] == demo_estimators["iris"].predict(rows).tolist()
     assert server.get("/v2/health/ready").get_json() == {"ready": True}
+
+
+def test_a_bytes_tensor_claiming_more_elements_than_its_bytes_is_refused_before_decoding(
+    server: FlaskClient,
+) -> None:
+    raw = b"\x01\x00\x00\x00a" * 2  # two one-character strings
+    request = {
+        "inputs": [
+            {
+                "name": "sepal length (cm)",
+                "shape": [10**9],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ]
+    }
+    data, headers = binary_body(request, raw)
+    response = server.post("/v2/models/iris/infer", data=data, headers=headers)
+    assert response.status_code == 400
+    assert "too few for 1000000000 elements" in response.get_json()["error"]
