@@ -95,32 +95,42 @@ class Scorer:
         )
         self.columns = output_columns(bundle, method)
 
-    def score(self, table: Any, *, offset: int = 0) -> Scored:
+    def score(self, table: Any, *, offset: int = 0, cells: bool = False) -> Scored:
         """Score one chunk.
 
         :param table: a ``pandas.DataFrame`` or a ``pyarrow.RecordBatch`` / ``Table`` holding
             a column per feature (more columns are ignored), ``(n_rows, n_columns)``.
         :param offset: the position of the chunk's first row in the whole input, for the
             index of the outputs and the rows named in errors.
+        :param cells: the table holds CSV text cells (read with ``dtype=str`` and
+            ``keep_default_na=False``), typed by the features as the API types CSV: an empty
+            cell is missing, numbers must read as pandas reads them.
         :raises ScoringError: ``on_error="fail"`` and a row is refused.
         """
         frame = table if isinstance(table, pd.DataFrame) else table.to_pandas()
         index = pd.RangeIndex(offset, offset + len(frame))
         if not len(frame):
             return Scored(self._frame([], index))
-        columns = frame_columns(frame, self.bundle.manifest.inputs)
+        features = self.bundle.manifest.inputs
+        if cells:
+            wanted = {feature.name for feature in features}
+            columns: dict[str, Any] = {
+                str(name): frame[name].tolist() for name in frame.columns if str(name) in wanted
+            }
+        else:
+            columns = frame_columns(frame, features)
         try:
-            model_input = self._decode(columns)
+            model_input = self._decode(columns, cells)
             return Scored(self._predict(model_input, index), unseen=dict(model_input.unseen))
         except InvalidInputError as error:
             if self.on_error == "fail":
                 raise self._named(error, offset) from None
-        return self._row_by_row(columns, index)
+        return self._row_by_row(columns, index, cells)
 
-    def _decode(self, columns: Mapping[str, Any]) -> ModelInput:
+    def _decode(self, columns: Mapping[str, Any], cells: bool) -> ModelInput:
         manifest = self.bundle.manifest
         return inputs.from_columns(
-            columns, manifest.inputs, manifest.layout, self.limits, where="rows"
+            columns, manifest.inputs, manifest.layout, self.limits, where="rows", cells=cells
         )
 
     def _predict(self, model_input: ModelInput, index: pd.Index) -> pd.DataFrame:
@@ -144,7 +154,7 @@ class Scorer:
             frame[ERROR] = pd.Series([None] * len(index), index=index, dtype=object)
         return frame
 
-    def _row_by_row(self, columns: Mapping[str, Any], index: pd.Index) -> Scored:
+    def _row_by_row(self, columns: Mapping[str, Any], index: pd.Index, cells: bool) -> Scored:
         """Find the refused rows of a chunk one by one, then score the others at once."""
         good: list[int] = []
         decoded: list[Any] = []
@@ -153,7 +163,7 @@ class Scorer:
         for position in range(len(index)):
             row = {name: values[position : position + 1] for name, values in columns.items()}
             try:
-                model_input = self._decode(row)
+                model_input = self._decode(row, cells)
                 self.engine.run(self.method, model_input.data)
             except InvalidInputError as error:
                 reasons[position] = reason(error)
