@@ -184,12 +184,14 @@ class Scorer:
 
     def _named(self, error: InvalidInputError, offset: int) -> ScoringError:
         """Return ``error`` with its row counted over the whole input."""
-        message = ROW.sub(lambda m: f"row {int(m.group(1)) + offset}", error.message, count=1)
+        message = ROW.sub(
+            lambda m: f"{m.group(1)} {int(m.group(2)) + offset}", error.message, count=1
+        )
         return ScoringError(message, error.errors)
 
 
-#: "row 3" at the start of an input error's message.
-ROW = re.compile(r"\brow (\d+)")
+#: "row 3" (or a CSV cell's "CSV line 5") in an input error's message.
+ROW = re.compile(r"\b(row|CSV line) (\d+)")
 
 
 def reason(error: InvalidInputError) -> str:
@@ -200,7 +202,7 @@ def reason(error: InvalidInputError) -> str:
         if isinstance(detail, Mapping) and detail:
             feature, messages = next(iter(detail.items()))
             return f"{feature}: {messages[0] if messages else ''}"
-    return ROW.sub("row", error.message).removeprefix("row, ")
+    return ROW.sub(r"\1", error.message).removeprefix("row, ")
 
 
 def output_columns(bundle: Bundle, method: str) -> list[str]:
