@@ -176,7 +176,7 @@ class Scorer:
             parts.append(self._predict(ModelInput(inputs.concat(decoded), len(good)), index[good]))
         refused = [position for position in range(len(index)) if position in reasons]
         if self.on_error == "mark" and refused:
-            marked = self._frame([None] * len(refused), index[refused])
+            marked = self._frame([[None] * len(self.columns)] * len(refused), index[refused])
             marked[ERROR] = [reasons[position] for position in refused]
             parts.append(marked)
         outputs = pd.concat(parts).sort_index() if parts else self._frame([], index[:0])
