@@ -1,4 +1,4 @@
-"""The ``inference-app`` command: Flask's CLI plus init-demo, package and models."""
+"""The ``inference-app`` command: Flask's CLI plus init-demo, package, models and score."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 from flask import Flask
 from flask.cli import AppGroup, FlaskGroup
 
-from inference_app import __version__, config, create_app
-from inference_app.core.bundle import write_bundle
-from inference_app.core.errors import BundleError
+from inference_app import __version__, batch, config, create_app
+from inference_app.core.bundle import METHODS, write_bundle
+from inference_app.core.engines import ENGINES
+from inference_app.core.errors import BundleError, InvalidInputError
 from inference_app.core.registry import discover
+from inference_app.core.scoring import ON_ERROR
 from inference_app.demo import write_demo_bundles
 from inference_app.logs import one_line
 
@@ -242,6 +244,97 @@ def models(instance_path: Path) -> None:
             click.echo(f"        warning: {warning}")
     if any(item.bundle is None for item in found):
         raise click.ClickException("some bundles are refused; the server will not start")
+
+
+@main.command("score", with_appcontext=False)
+# Paths are checked as they are read, so that a missing file is one line naming it.
+@click.argument("name")
+@click.argument("input_file", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output_file", metavar="OUTPUT", type=click.Path(path_type=Path))
+@click.option("--version", "version", help="The model version; default: the highest, as served.")
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="predict",
+    show_default=True,
+    help="predict_proba and decision_function write one column per class.",
+)
+@click.option(
+    "--on-error",
+    type=click.Choice(ON_ERROR),
+    default="fail",
+    show_default=True,
+    help=(
+        "A row the checks or the model refuse: fail stops the job naming it, skip leaves it "
+        "out, mark keeps it with empty outputs and the reason in an error column."
+    ),
+)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=batch.DEFAULT_CHUNK_ROWS,
+    show_default=True,
+    help="Rows read, scored and written at a time.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Processes scoring chunks; default: the usable CPUs. 1 scores in this process.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    help="auto (ONNX when the bundle has it), sklearn or onnx; default: the RUNTIME setting.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="A progress bar on stderr; default: when stderr is a terminal.",
+)
+@instance_option
+def score(
+    name: str,
+    input_file: Path,
+    output_file: Path,
+    version: str | None,
+    method: str,
+    on_error: str,
+    chunk_rows: int,
+    workers: int | None,
+    engine: str | None,
+    progress: bool | None,
+    instance_path: Path,
+) -> None:
+    """Score a file with a model: INPUT and OUTPUT are CSV (.csv), Parquet (.parquet, .pq)
+    or JSON lines (.jsonl, .ndjson), by extension.
+
+    The rows are checked as the API checks them and read, scored and written in chunks.
+    OUTPUT holds a row column (the input row number, from 0) and the outputs; it is
+    written to a temporary file renamed at the end, so a job that stops leaves none.
+    """
+    app = _configured(instance_path)
+    options = batch.Options(
+        method=method,
+        on_error=on_error,
+        engine=engine or app.config["RUNTIME"],
+        max_text_length=app.config["MAX_TEXT_LENGTH"],
+        strict_sklearn_version=app.config["STRICT_SKLEARN_VERSION"],
+    )
+    try:
+        bundle_path = batch.find_bundle(config.models_dir(app), name, version)
+        summary = batch.score_file(
+            bundle_path,
+            input_file,
+            output_file,
+            options,
+            chunk_rows=chunk_rows,
+            workers=workers,
+            progress=progress,
+        )
+    except (batch.BatchError, InvalidInputError) as error:  # a refused row, with fail
+        raise click.ClickException(one_line(str(error))) from None
+    for line in summary.lines():
+        click.echo(line)
 
 
 def load_estimator(path: Path) -> Any:
