@@ -313,7 +313,7 @@ def test_summary_and_progress(score: Callable[..., Result], tmp_path: Path) -> N
     assert quiet.exit_code == shown.exit_code == 0, (quiet.output, shown.output)
     lines = quiet.stdout.splitlines()
     assert lines[:-1] == [
-        "model    breast_cancer version 1, predict, engine sklearn, 1 worker",
+        "model    breast_cancer version 1, predict, runtime sklearn, 1 worker",
         f"input    {given} (CSV)",
         "rows     569 read, 569 scored, 0 refused",
         f"output   {output} (Parquet)",
@@ -463,8 +463,8 @@ ROW = "Biscoe,46.5,14.8,217,5200,female\n"
         (
             "iris",
             lambda d: broken(d, "in.csv", b"a\n1\n"),
-            ["--engine", "onnx"],
-            "model 'iris' version '1' has no ONNX model (--engine onnx)",
+            ["--runtime", "onnx"],
+            "model 'iris' version '1' has no ONNX model (--runtime onnx)",
         ),
     ],
 )
@@ -623,12 +623,12 @@ def test_the_onnx_engine_scores_as_the_server_under_runtime_onnx(
     result = runner.invoke(
         main,
         ["score", "penguins", str(given), str(output), "--method", "predict_proba"]
-        + ["--engine", "onnx", "--workers", "2", "--chunk-rows", "100"]
+        + ["--runtime", "onnx", "--workers", "2", "--chunk-rows", "100"]
         + ["--instance-path", str(instance)],
     )
 
     assert result.exit_code == 0, result.output
-    assert "predict_proba, engine onnx, 2 workers" in result.stdout
+    assert "predict_proba, runtime onnx, 2 workers" in result.stdout
     server = create_app({"TESTING": True, "RUNTIME": "onnx"}, instance_path=instance)
     expected = served(server.test_client(), "penguins", dataset("penguins"), "predict_proba")
     scores = read(output)

@@ -12,9 +12,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 
 from inference_app import spark as batch
+from inference_app.cli import main
 from inference_app.core.bundle import load_bundle, write_bundle
 from inference_app.core.errors import BundleError, ModelNotFoundError
 from inference_app.core.scoring import Scorer, ScoringError
@@ -405,3 +407,24 @@ def test_the_scorer_is_made_once_per_process(instance: Path) -> None:
     assert batch.cached_scorer(ref).bundle is first.bundle
     other: Any = batch.cached_scorer(ref, on_error="skip")
     assert other is not first and other.on_error == "skip"
+
+
+def test_the_score_command_runs_on_spark(
+    spark: SparkSession, instance: Path, tmp_path: Path
+) -> None:
+    frame = dataset("breast_cancer")
+    source, output = tmp_path / "cancer.parquet", tmp_path / "scored.parquet"
+    frame.to_parquet(source, index=False)
+    arguments = ["score", "breast_cancer", str(source), str(output)]
+    options = ["--instance-path", str(instance), "--engine", "spark", "--master", "local[2]"]
+
+    result = CliRunner().invoke(main, arguments + options)
+
+    assert result.exit_code == 0, result.output
+    assert f"{len(frame)} read, {len(frame)} scored, 0 refused" in result.output
+    got = pd.read_parquet(output).sort_values("id")
+    bundle = load_bundle(instance / "models" / "breast_cancer" / "1")
+    rows = frame[bundle.manifest.feature_names].to_numpy()
+    assert got["prediction"].tolist() == bundle.estimator.predict(rows).tolist()
+    again = CliRunner().invoke(main, arguments + options)
+    assert again.exit_code == 1 and again.output.count("\n") == 1 and "Error:" in again.output

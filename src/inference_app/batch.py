@@ -136,7 +136,7 @@ class Summary:
 
     def lines(self) -> list[str]:
         """Return the summary printed at the end of ``inference-app score``, one line each."""
-        engine = f", engine {self.engine}" if self.engine else ""
+        engine = f", runtime {self.engine}" if self.engine else ""
         workers = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
         refused = sum(self.refused.values())
         rows = f"{self.rows:,} read, {self.scored:,} scored, {refused:,} refused"
@@ -229,7 +229,7 @@ def check_options(bundle: Bundle, options: Options) -> None:
     if options.engine == "onnx" and bundle.onnx is None:
         raise BundleError(
             f"model {bundle.name!r} version {bundle.version!r} has no ONNX model "
-            "(--engine onnx): package it with --onnx"
+            "(--runtime onnx): package it with --onnx"
         )
 
 

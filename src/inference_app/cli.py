@@ -16,7 +16,7 @@ from flask.cli import AppGroup, FlaskGroup
 from inference_app import __version__, batch, config, create_app
 from inference_app.core.bundle import METHODS, write_bundle
 from inference_app.core.engines import ENGINES
-from inference_app.core.errors import BundleError, InvalidInputError
+from inference_app.core.errors import BundleError, InferenceAppError, InvalidInputError
 from inference_app.core.registry import discover
 from inference_app.core.scoring import ON_ERROR
 from inference_app.demo import write_demo_bundles
@@ -282,9 +282,20 @@ def models(instance_path: Path) -> None:
     help="Processes scoring chunks; default: the usable CPUs. 1 scores in this process.",
 )
 @click.option(
-    "--engine",
+    "--runtime",
     type=click.Choice(ENGINES),
     help="auto (ONNX when the bundle has it), sklearn or onnx; default: the RUNTIME setting.",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="local: this machine's cores; spark: a Spark job (the spark extra, Java 17+).",
+)
+@click.option(
+    "--master",
+    help="With --engine spark: the Spark master URL, e.g. spark://host:7077; default local[*].",
 )
 @click.option(
     "--progress/--no-progress",
@@ -301,7 +312,9 @@ def score(
     on_error: str,
     chunk_rows: int,
     workers: int | None,
-    engine: str | None,
+    runtime: str | None,
+    engine: str,
+    master: str | None,
     progress: bool | None,
     instance_path: Path,
 ) -> None:
@@ -313,10 +326,25 @@ def score(
     written to a temporary file renamed at the end, so a job that stops leaves none.
     """
     app = _configured(instance_path)
+    if engine == "spark":
+        _score_on_spark(
+            instance_path,
+            name,
+            input_file,
+            output_file,
+            version,
+            method,
+            on_error,
+            runtime or app.config["RUNTIME"],
+            master,
+        )
+        return
+    if master is not None:
+        raise click.UsageError("--master goes with --engine spark")
     options = batch.Options(
         method=method,
         on_error=on_error,
-        engine=engine or app.config["RUNTIME"],
+        engine=runtime or app.config["RUNTIME"],
         max_text_length=app.config["MAX_TEXT_LENGTH"],
         strict_sklearn_version=app.config["STRICT_SKLEARN_VERSION"],
     )
@@ -335,6 +363,54 @@ def score(
         raise click.ClickException(one_line(str(error))) from None
     for line in summary.lines():
         click.echo(line)
+
+
+def _score_on_spark(
+    instance_path: Path,
+    name: str,
+    input_file: Path,
+    output_file: Path,
+    version: str | None,
+    method: str,
+    on_error: str,
+    runtime: str,
+    master: str | None,
+) -> None:
+    """Run ``score`` as a Spark job (:func:`inference_app.spark.score_file`) and print its
+    summary."""
+    try:
+        from inference_app import spark
+    except ImportError:
+        raise click.ClickException(
+            "--engine spark needs pyspark: pip install 'inference-app[spark]'"
+        ) from None
+    try:
+        summary = spark.score_file(
+            instance_path,
+            name,
+            str(input_file),
+            str(output_file),
+            version=version,
+            method=method,
+            on_error=on_error,
+            engine=runtime,
+            master=master,
+        )
+    except (InferenceAppError, ValueError, OSError) as error:
+        raise click.ClickException(one_line(str(error))) from None
+    refused = summary.get("refused") or {}
+    click.echo(
+        f"model    {summary['model']} version {summary['version']}, {summary['method']}, "
+        f"Spark {master or 'local[*]'}"
+    )
+    click.echo(
+        f"rows     {summary['rows']} read, {summary['scored']} scored, "
+        f"{sum(refused.values())} refused"
+    )
+    for reason, count in refused.items():
+        click.echo(f"refused  {count:>6}  {reason}")
+    click.echo(f"output   {summary['output']}")
+    click.echo(f"time     {summary['seconds']:.2f} s")
 
 
 def load_estimator(path: Path) -> Any:
