@@ -397,7 +397,7 @@ ROW = "Biscoe,46.5,14.8,217,5200,female\n"
     ("name", "make", "options", "expected"),
     [
         ("penguins", lambda d: d / "missing.csv", [], "missing.csv: cannot read: No such file"),
-        ("nope", lambda d: broken(d, "in.csv", HEADER.encode()), [], "no model 'nope' under"),
+        ("nope", lambda d: broken(d, "in.csv", HEADER.encode()), [], "no model 'nope' in"),
         ("penguins", lambda d: broken(d, "in.txt", b"x"), [], "in.txt: unknown format '.txt'"),
         ("penguins", lambda d: broken(d, "in.csv", b""), [], "in.csv: empty; expected a header"),
         (

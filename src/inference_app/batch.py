@@ -31,11 +31,10 @@ import pyarrow.csv as pacsv  # type: ignore[import-untyped, unused-ignore]
 import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
 from tqdm import tqdm  # type: ignore[import-untyped, unused-ignore]
 
-from inference_app.core.bundle import Bundle, check_name, load_bundle
+from inference_app.core.bundle import Bundle, load_bundle
 from inference_app.core.datatypes import DATATYPES
 from inference_app.core.errors import BundleError, InferenceAppError
 from inference_app.core.features import Feature
-from inference_app.core.registry import version_key
 from inference_app.core.scoring import ERROR, ON_ERROR, Scored, Scorer, ScoringError
 from inference_app.core.scoring import output_columns as scorer_output_columns
 from inference_app.process import available_cpus, cap_threads
@@ -171,46 +170,6 @@ def format_of(path: Path) -> str:
             f"{', '.join(FORMATS)}"
         )
     return kind
-
-
-def find_bundle(models_dir: Path, name: str, version: str | None = None) -> Path:
-    """Return the folder of one version of a model, as the server finds it: by default the
-    highest version (``10`` after ``9``), hidden folders left out.
-
-    :raises BatchError: no such model or version (naming those there are), or a folder that
-        resolves outside ``models_dir``.
-    :raises BundleError: a name or version that is not one plain path segment.
-    """
-    check_name("model name", name)
-    folder = models_dir / name
-    if not folder.is_dir():
-        known = (
-            sorted(
-                p.name for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-            )
-            if models_dir.is_dir()
-            else []
-        )
-        raise BatchError(
-            f"no model {name!r} under {models_dir}; the models are: {', '.join(known) or 'none'}"
-        )
-    versions = sorted(
-        (p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=version_key,
-    )
-    if version is None:
-        if not versions:
-            raise BatchError(f"model {name!r} has no version folder under {folder}")
-        version = versions[-1]
-    elif version not in versions:
-        check_name("version", version)
-        raise BatchError(
-            f"model {name!r} has no version {version!r}; it has {', '.join(versions) or 'none'}"
-        )
-    path = folder / version
-    if not path.resolve().is_relative_to(models_dir.resolve()):
-        raise BatchError(f"{path}: resolves outside {models_dir}; refused")
-    return path
 
 
 def check_options(bundle: Bundle, options: Options) -> None:

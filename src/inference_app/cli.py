@@ -17,7 +17,7 @@ from inference_app import __version__, batch, config, create_app
 from inference_app.core.bundle import METHODS, write_bundle
 from inference_app.core.engines import ENGINES
 from inference_app.core.errors import BundleError, InferenceAppError, InvalidInputError
-from inference_app.core.registry import discover
+from inference_app.core.registry import discover, find_version
 from inference_app.core.scoring import ON_ERROR
 from inference_app.demo import write_demo_bundles
 from inference_app.logs import one_line
@@ -349,7 +349,7 @@ def score(
         strict_sklearn_version=app.config["STRICT_SKLEARN_VERSION"],
     )
     try:
-        bundle_path = batch.find_bundle(config.models_dir(app), name, version)
+        bundle_path = find_version(config.models_dir(app), name, version)
         summary = batch.score_file(
             bundle_path,
             input_file,
@@ -359,7 +359,7 @@ def score(
             workers=workers,
             progress=progress,
         )
-    except (batch.BatchError, InvalidInputError) as error:  # a refused row, with fail
+    except (InferenceAppError, InvalidInputError) as error:  # a refused row, with fail
         raise click.ClickException(one_line(str(error))) from None
     for line in summary.lines():
         click.echo(line)

@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 
-from inference_app.core.bundle import MANIFEST_FILE, Bundle, Manifest, check_name, load_bundle
-from inference_app.core.errors import BundleError, ModelNotFoundError
-from inference_app.core.registry import version_key
+from inference_app.core.bundle import MANIFEST_FILE, Bundle, Manifest, load_bundle
+from inference_app.core.errors import BundleError
+from inference_app.core.registry import find_version
 from inference_app.core.scoring import ERROR, ROW, Scorer, ScoringError, output_columns
 
 if TYPE_CHECKING:
@@ -124,26 +124,8 @@ def _locate(
     """Return the bundle's :class:`BundleRef` and its manifest (see :func:`locate`)."""
     settings = _settings(instance_path)
     models = (Path(settings.instance_path) / str(settings.config["MODELS_DIR"])).resolve()
-    check_name("model name", name)
-    model_dir = models / name
-    if not model_dir.is_dir():
-        known = sorted(_folders(models)) if models.is_dir() else []
-        raise ModelNotFoundError(
-            f"no model {name!r} in {models}; the models there are: {', '.join(known) or 'none'}"
-        )
-    versions = sorted(_folders(model_dir), key=version_key)
-    if version is None:
-        if not versions:
-            raise ModelNotFoundError(f"model {name!r} has no version folders in {model_dir}")
-        version = versions[-1]
-    check_name("version", version)
-    if version not in versions:
-        raise ModelNotFoundError(
-            f"model {name!r} has no version {version!r}; it has {', '.join(versions) or 'none'}"
-        )
-    folder = model_dir / version
-    if not folder.resolve().is_relative_to(models):
-        raise BundleError(f"{folder}: resolves outside {models}; refused")
+    folder = find_version(models, name, version)
+    version = folder.name
     strict = bool(settings.config["STRICT_SKLEARN_VERSION"])
     manifest_file = folder / MANIFEST_FILE
     digest: str | None = None
@@ -162,11 +144,6 @@ def _locate(
         max_text_length=int(settings.config["MAX_TEXT_LENGTH"]),
     )
     return ref, manifest
-
-
-def _folders(parent: Path) -> list[str]:
-    """Return the names of the folders in ``parent``, hidden ones left out (as the server)."""
-    return [p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 def _settings(instance_path: str | os.PathLike[str]) -> Flask:

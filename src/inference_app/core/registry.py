@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from inference_app.core.bundle import Bundle, load_bundle
+from inference_app.core.bundle import Bundle, check_name, load_bundle
 from inference_app.core.errors import BundleError, ModelNotFoundError, RefusedBundlesError
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,43 @@ class Model:
     def default(self) -> Bundle:
         """Return the bundle of the default version."""
         return self.versions[self.default_version]
+
+
+def find_version(models_dir: str | os.PathLike[str], name: str, version: str | None = None) -> Path:
+    """Return the folder of one version of a model as the server picks it, without loading
+    any bundle: by default the highest version (:func:`version_key`), hidden folders left out.
+
+    :raises ModelNotFoundError: no such model or version, naming those there are.
+    :raises BundleError: a name or version that is not one plain path segment, or a version
+        folder that resolves outside ``models_dir``.
+    """
+    models = Path(models_dir)
+    check_name("model name", name)
+    model_dir = models / name
+    if not model_dir.is_dir():
+        known = sorted(_folders(models)) if models.is_dir() else []
+        raise ModelNotFoundError(
+            f"no model {name!r} in {models}; the models there are: {', '.join(known) or 'none'}"
+        )
+    versions = sorted(_folders(model_dir), key=version_key)
+    if version is None:
+        if not versions:
+            raise ModelNotFoundError(f"model {name!r} has no version folders in {model_dir}")
+        version = versions[-1]
+    check_name("version", version)
+    if version not in versions:
+        raise ModelNotFoundError(
+            f"model {name!r} has no version {version!r}; it has {', '.join(versions) or 'none'}"
+        )
+    folder = model_dir / version
+    if not folder.resolve().is_relative_to(models.resolve()):
+        raise BundleError(f"{folder}: resolves outside {models}; refused")
+    return folder
+
+
+def _folders(path: Path) -> list[str]:
+    """Return the names of the folders in ``path`` that are not hidden."""
+    return [p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
 def discover(
