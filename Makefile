@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTANCE ?= instance
 
-.PHONY: serve test lint demo bench clean
+.PHONY: serve test lint demo bench bench-batch clean
 
 serve: $(VENV)/.installed demo ## Serve the models in instance/models on 127.0.0.1:8000
 	@echo "Starting Gunicorn; API docs will be at http://$${GUNICORN_BIND:-127.0.0.1:8000}/docs"
@@ -45,6 +45,13 @@ bench: $(VENV)/.installed ## Benchmark against seed Flask/FastAPI apps (bench/RE
 		apt-get update && apt-get install -y wrk; \
 	fi
 	$(BIN)/python bench/run.py
+
+bench-batch: $(VENV)/.installed ## Benchmark batch scoring: score, the floor, HTTP, Spark (bench/README.md)
+	$(BIN)/pip install -e '.[spark]'
+	@if ! command -v java >/dev/null 2>&1; then \
+		apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless; \
+	fi
+	$(BIN)/python bench/batch.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import gc
 import io
@@ -16,7 +15,7 @@ import sys
 import time
 import warnings
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -202,11 +201,6 @@ def output_columns(bundle: Bundle, options: Options) -> list[str]:
 def score_chunk(scorer: Scorer, chunk: Chunk) -> Scored:
     """Score one chunk as the scorer would, faster where rows are refused or cells typed.
 
-    The chunk is scored at once, stopping at the first refused row; with ``skip`` or
-    ``mark`` a chunk that holds refused rows is split in halves, recursively, until each
-    refused row is alone and scored by ``scorer`` for its reason: a few refused rows cost a
-    few more calls of the model, not one call per row.
-
     A CSV chunk whose number columns pandas parsed is scored as it is (no text cell is
     converted in Python): pandas reads a number exactly as the API's CSV does, and only
     what reads as a number. A refused row, or a chunk with a column pandas did not parse (a
@@ -221,106 +215,19 @@ def score_chunk(scorer: Scorer, chunk: Chunk) -> Scored:
         the whole input) and the feature.
     """
     features = scorer.bundle.manifest.inputs
-    table, cells, offset = chunk.table, False, chunk.offset
+    table, cells = chunk.table, False
     if chunk.csv and not _parsed(table, features):
         table, cells = _cells(table, features), True
-    as_cells = chunk.csv and not cells  # refused rows are scored again as cells
-
-    def alone(row: Any, at: int) -> Scored:
-        if as_cells:
-            return scorer.score(_cells(row, features), offset=at, cells=True)
-        return scorer.score(row, offset=at, cells=cells)
-
-    first = copy.copy(scorer)
-    first.on_error = "fail"  # stops at the first refused row; refused rows are found below
-    if scorer.on_error != "fail":
-        return _split(first, alone, table, offset, cells, scorer.on_error == "mark")
+    as_cells = chunk.csv and not cells
     try:
-        return first.score(table, offset=offset, cells=cells)
-    except ScoringError as error:
-        refused = error
-    if as_cells:
-        table, cells = _cells(table, features), True
-        try:
-            return first.score(table, offset=offset, cells=True)
-        except ScoringError as error:
-            refused = error
-    raise _first_refused(first, table, offset, cells, refused)
-
-
-def _first_refused(
-    first: Scorer, table: Any, offset: int, cells: bool, error: ScoringError
-) -> ScoringError:
-    """Return the error of the first refused row of ``table``, which ``first`` refuses
-    with ``error`` (the checks go feature by feature, so that may name a later row): halve
-    the rows, keeping the first half that is refused."""
-    while len(table) > 1:
-        half = len(table) // 2
-        for start, stop in ((0, half), (half, len(table))):
-            part = _rows(table, start, stop)
-            try:
-                first.score(part, offset=offset + start, cells=cells)
-            except ScoringError as refused:
-                table, offset, error = part, offset + start, refused
-                break
-        else:
-            break  # neither half alone is refused: the error is the whole table's
-    return _with_row(error, offset)
-
-
-def _split(
-    first: Scorer,
-    alone: Callable[[Any, int], Scored],
-    table: Any,
-    offset: int,
-    cells: bool,
-    mark: bool,
-) -> Scored:
-    """Score ``table`` with ``first`` (which fails on any refused row); if it refuses one,
-    score each half likewise, down to single rows, which ``alone`` scores."""
-    try:
-        scored = first.score(table, offset=offset, cells=cells)
+        scored = scorer.score(table, offset=chunk.offset, cells=cells)
+        if not (as_cells and scored.refused):
+            return scored
     except ScoringError:
-        rows = len(table)
-        if rows == 1:
-            return alone(table, offset)
-        half = rows // 2
-        parts = [
-            _split(first, alone, _rows(table, 0, half), offset, cells, mark),
-            _split(first, alone, _rows(table, half, rows), offset + half, cells, mark),
-        ]
-        refused: Counter[str] = Counter()
-        unseen: Counter[str] = Counter()
-        for part in parts:
-            refused.update(part.refused)
-            unseen.update(part.unseen)
-        outputs = pd.concat([part.outputs for part in parts])
-        return Scored(outputs, dict(refused), dict(unseen))
-    if mark:
-        scored.outputs[ERROR] = pd.Series(
-            [None] * len(scored.outputs), index=scored.outputs.index, dtype=object
-        )
-    return scored
-
-
-def _rows(table: Any, start: int, stop: int) -> Any:
-    """Return rows ``start:stop`` of a DataFrame or a record batch."""
-    if isinstance(table, pd.DataFrame):
-        return table.iloc[start:stop]
-    return table.slice(start, stop - start)
-
-
-def _with_row(error: ScoringError, offset: int) -> ScoringError:
-    """Return ``error`` saying which row it is about (counted over the whole input) when its
-    message names only a CSV line."""
-    if error.message.startswith("row "):
-        return error
-    located = next(iter(error.errors.values()), None) if error.errors else None
-    if isinstance(located, Mapping) and located:
-        row = next(iter(located))
-        if isinstance(row, int):
-            return ScoringError(f"row {row + offset}, {error.message}", error.errors)
-    return error
+        if not as_cells:
+            raise
+    # pandas' numbers were refused: the text cells say why, in the API's words
+    return scorer.score(_cells(table, features), offset=chunk.offset, cells=True)
 
 
 def _parsed(frame: pd.DataFrame, features: Sequence[Feature]) -> bool:

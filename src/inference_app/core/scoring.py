@@ -119,13 +119,58 @@ class Scorer:
             }
         else:
             columns = frame_columns(frame, features)
+        if self.on_error == "fail":
+            try:
+                return self._all(columns, index, cells)
+            except InvalidInputError as error:
+                raise self._first_refused(columns, index, cells, error) from None
+        return self._halves(columns, index, cells)
+
+    def _all(self, columns: Mapping[str, Any], index: pd.Index, cells: bool) -> Scored:
+        """Score every row at once; any refused row fails the whole call."""
+        model_input = self._decode(columns, cells)
+        return Scored(self._predict(model_input, index), unseen=dict(model_input.unseen))
+
+    def _halves(self, columns: Mapping[str, Any], index: pd.Index, cells: bool) -> Scored:
+        """Score the rows at once; if any is refused, score each half likewise, down to the
+        refused rows alone: a few refused rows cost a few more calls, not one per row."""
         try:
-            model_input = self._decode(columns, cells)
-            return Scored(self._predict(model_input, index), unseen=dict(model_input.unseen))
+            return self._all(columns, index, cells)
         except InvalidInputError as error:
-            if self.on_error == "fail":
-                raise self._named(error, offset) from None
-        return self._row_by_row(columns, index, cells)
+            if len(index) == 1:
+                outputs = self._frame([], index[:0])
+                if self.on_error == "mark":
+                    outputs = self._frame([[None] * len(self.columns)], index)
+                    outputs[ERROR] = [reason(error)]
+                return Scored(outputs, {reason(error): 1})
+        half = len(index) // 2
+        parts = [
+            self._halves(_rows(columns, 0, half), index[:half], cells),
+            self._halves(_rows(columns, half, len(index)), index[half:], cells),
+        ]
+        refused: Counter[str] = Counter()
+        unseen: Counter[str] = Counter()
+        for part in parts:
+            refused.update(part.refused)
+            unseen.update(part.unseen)
+        return Scored(pd.concat([part.outputs for part in parts]), dict(refused), dict(unseen))
+
+    def _first_refused(
+        self, columns: Mapping[str, Any], index: pd.Index, cells: bool, error: InvalidInputError
+    ) -> ScoringError:
+        """Return the error of the lowest refused row (the checks go feature by feature, so
+        ``error`` may name a later one), found by halving, its row counted over the input."""
+        while len(index) > 1:
+            half = len(index) // 2
+            for start, stop in ((0, half), (half, len(index))):
+                try:
+                    self._all(_rows(columns, start, stop), index[start:stop], cells)
+                except InvalidInputError as refused:
+                    columns, index, error = _rows(columns, start, stop), index[start:stop], refused
+                    break
+            else:
+                break  # neither half alone is refused: the error is the whole chunk's
+        return self._named(error, int(index[0]))
 
     def _decode(self, columns: Mapping[str, Any], cells: bool) -> ModelInput:
         manifest = self.bundle.manifest
@@ -154,44 +199,26 @@ class Scorer:
             frame[ERROR] = pd.Series([None] * len(index), index=index, dtype=object)
         return frame
 
-    def _row_by_row(self, columns: Mapping[str, Any], index: pd.Index, cells: bool) -> Scored:
-        """Find the refused rows of a chunk one by one, then score the others at once."""
-        good: list[int] = []
-        decoded: list[Any] = []
-        reasons: dict[int, str] = {}
-        unseen: Counter[str] = Counter()
-        for position in range(len(index)):
-            row = {name: values[position : position + 1] for name, values in columns.items()}
-            try:
-                model_input = self._decode(row, cells)
-                self.engine.run(self.method, model_input.data)
-            except InvalidInputError as error:
-                reasons[position] = reason(error)
-                continue
-            good.append(position)
-            decoded.append(model_input.data)
-            unseen.update(model_input.unseen)
-        parts = []
-        if good:
-            parts.append(self._predict(ModelInput(inputs.concat(decoded), len(good)), index[good]))
-        refused = [position for position in range(len(index)) if position in reasons]
-        if self.on_error == "mark" and refused:
-            marked = self._frame([[None] * len(self.columns)] * len(refused), index[refused])
-            marked[ERROR] = [reasons[position] for position in refused]
-            parts.append(marked)
-        outputs = pd.concat(parts).sort_index() if parts else self._frame([], index[:0])
-        return Scored(outputs, dict(Counter(reasons.values())), dict(unseen))
-
     def _named(self, error: InvalidInputError, offset: int) -> ScoringError:
-        """Return ``error`` with its row counted over the whole input."""
+        """Return ``error`` with its row (and a CSV cell's line) counted over the input."""
         message = ROW.sub(
             lambda m: f"{m.group(1)} {int(m.group(2)) + offset}", error.message, count=1
         )
+        located = next(iter(error.errors.values()), None) if error.errors else None
+        if not message.startswith("row ") and isinstance(located, Mapping) and located:
+            row = next(iter(located))  # a CSV cell's error names its line: say its row too
+            if isinstance(row, int):
+                message = f"row {row + offset}, {message}"
         return ScoringError(message, error.errors)
 
 
 #: "row 3" (or a CSV cell's "CSV line 5") in an input error's message.
 ROW = re.compile(r"\b(row|CSV line) (\d+)")
+
+
+def _rows(columns: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Return rows ``start:stop`` of each column."""
+    return {name: values[start:stop] for name, values in columns.items()}
 
 
 def reason(error: InvalidInputError) -> str:

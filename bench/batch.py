@@ -1,0 +1,293 @@
+"""Benchmark batch scoring: `inference-app score`, the in-process floor, HTTP requests, Spark.
+
+For each model (`breast_cancer`, the 100-tree forest; `penguins`, the ColumnTransformer
+pipeline with strings and missing values) it writes its demo data tiled to ``BENCH_ROWS`` rows
+(default 1,000,000) as CSV and Parquet under ``bench/work/batch/``, then measures, each
+``BENCH_REPEATS`` times (default 3), interleaved:
+
+- ``floor``: ``estimator.predict`` on the whole frame, in one process, data already in memory;
+- ``score`` with ``--workers 1`` and ``--workers N`` (the usable CPUs), CSV and Parquet in;
+- ``http``: the same rows POSTed in 1,000-row ``:predict`` requests, 4 at a time, to
+  ``gunicorn -c gunicorn.conf.py wsgi:app`` with 2 workers on 127.0.0.1;
+- ``spark``: :func:`inference_app.spark.score_file` in ``local[N]`` mode from Parquet, and the
+  start-up of its session alone.
+
+It prints rows/s, the ratio to the floor and, for ``score``, to the floor per core used, and
+peak RSS of the ``score`` processes for 10,000 rows and for all of them (flat memory). Results
+go to ``bench/results/batch-<timestamp>.json``. Run it as ``make bench-batch``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+WORK = REPO / "bench" / "work" / "batch"
+RESULTS = REPO / "bench" / "results"
+BIN = Path(sys.executable).parent
+MODELS = ("breast_cancer", "penguins")
+REQUEST_ROWS = 1_000
+HTTP_CONCURRENCY = 4
+
+
+def cpus() -> int:
+    """Return the CPUs this process may use."""
+    return len(os.sched_getaffinity(0))
+
+
+def demo_frame(name: str, instance: Path) -> tuple[pd.DataFrame, Any]:
+    """Return a demo model's full dataset as a DataFrame of its features, and its estimator."""
+    from inference_app.core.bundle import load_bundle
+    from inference_app.datasets import load_penguins
+    from inference_app.demo import load_demo_data
+
+    bundle = load_bundle(instance / "models" / name / "1")
+    if name == "penguins":
+        frame, _ = load_penguins()
+    else:
+        rows, _, names = load_demo_data(name)
+        frame = pd.DataFrame(rows, columns=names)
+    return frame[bundle.manifest.feature_names], bundle.estimator
+
+
+def tiled(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """Return ``frame`` repeated to ``rows`` rows."""
+    repeats = -(-rows // len(frame))
+    return pd.concat([frame] * repeats, ignore_index=True).iloc[:rows]
+
+
+def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
+    """Return the seconds ``function(*args, **kwargs)`` takes."""
+    started = time.perf_counter()
+    function(*args, **kwargs)
+    return time.perf_counter() - started
+
+
+def score_command(instance: Path, name: str, source: Path, workers: int) -> tuple[float, int]:
+    """Run ``inference-app score`` and return its seconds and its peak RSS in KiB (the
+    largest single process: the command or one of its workers)."""
+    output = WORK / f"out-{name}-{workers}{source.suffix}"
+    command = [
+        str(BIN / "inference-app"),
+        "score",
+        name,
+        str(source),
+        str(output),
+        "--instance-path",
+        str(instance),
+        "--workers",
+        str(workers),
+    ]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)  # this command's own peak, not the bench's
+    seconds = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode:
+        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()[-500:]}")
+    output.unlink(missing_ok=True)
+    return seconds, usage.ru_maxrss
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def serve(instance: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start the server with 2 workers on a free port; return it and its base URL, ready."""
+    port = free_port()
+    environment = {
+        **os.environ,
+        "INFERENCE_APP_INSTANCE_PATH": str(instance),
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "GUNICORN_WORKERS": "2",
+        "INFERENCE_APP_MAX_ROWS": str(REQUEST_ROWS),
+    }
+    server = subprocess.Popen(
+        [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/health/ready", timeout=1) as answer:
+                if answer.status == 200:
+                    return server, url
+        except OSError:
+            time.sleep(0.25)
+    server.terminate()
+    raise SystemExit("the server did not become ready within 60 s")
+
+
+def post_all(url: str, name: str, frame: pd.DataFrame) -> list[Any]:
+    """POST ``frame`` in :data:`REQUEST_ROWS`-row requests, a few at a time; return the
+    predictions in order."""
+    bodies = [
+        json.dumps(
+            {
+                "instances": json.loads(
+                    frame.iloc[start : start + REQUEST_ROWS].to_json(orient="records")
+                )
+            }
+        ).encode()
+        for start in range(0, len(frame), REQUEST_ROWS)
+    ]
+
+    def post(body: bytes) -> list[Any]:
+        request = urllib.request.Request(
+            f"{url}/v1/models/{name}:predict",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            predictions: list[Any] = json.loads(answer.read())["predictions"]
+            return predictions
+
+    with ThreadPoolExecutor(HTTP_CONCURRENCY) as pool:
+        return [value for part in pool.map(post, bodies) for value in part]
+
+
+def main() -> int:
+    """Measure every model and method; print and save the results."""
+    from inference_app.demo import write_demo_bundles
+
+    rows = int(os.environ.get("BENCH_ROWS", "1000000"))
+    repeats = int(os.environ.get("BENCH_REPEATS", "3"))
+    with_spark = os.environ.get("BENCH_SPARK", "1") != "0"
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    instance = WORK / "instance"
+    write_demo_bundles(instance / "models", names=MODELS)
+    cores = cpus()
+    results: dict[str, Any] = {"rows": rows, "cpus": cores, "repeats": repeats, "models": {}}
+    server, url = serve(instance)
+    try:
+        for name in MODELS:
+            frame, estimator = demo_frame(name, instance)
+            big = tiled(frame, rows)
+            # the estimator's own input: an array where it was fitted on one
+            model_rows = big if hasattr(estimator, "feature_names_in_") else big.to_numpy()
+            sources = {"csv": WORK / f"{name}.csv", "parquet": WORK / f"{name}.parquet"}
+            big.to_csv(sources["csv"], index=False)
+            big.to_parquet(sources["parquet"], index=False)
+            small = WORK / f"{name}-10k.csv"
+            big.iloc[:10_000].to_csv(small, index=False)
+            http_rows = big.iloc[: min(rows, 100_000)]
+            expected = estimator.predict(model_rows[: len(http_rows)])
+            assert list(post_all(url, name, http_rows)) == expected.tolist(), name
+            times: dict[str, list[float]] = {}
+            peaks: dict[str, int] = {}
+            for _ in range(repeats):
+                times.setdefault("floor", []).append(timed(estimator.predict, model_rows))
+                for kind, source in sources.items():
+                    for workers in sorted({1, cores}):
+                        seconds, peak = score_command(instance, name, source, workers)
+                        times.setdefault(f"score {kind} w{workers}", []).append(seconds)
+                        peaks[f"{kind} w{workers}"] = peak
+                seconds = timed(post_all, url, name, http_rows)
+                times.setdefault("http", []).append(seconds * rows / len(http_rows))
+            _, peaks["csv 10k w1"] = score_command(instance, name, small, 1)
+            if with_spark:
+                times.update(spark_times(instance, name, sources["parquet"], cores, repeats))
+            floor = statistics.median(times["floor"])
+            summary = {}
+            for label, values in times.items():
+                seconds = statistics.median(values)
+                entry = {"seconds": seconds, "rows_per_s": rows / seconds if seconds else None}
+                if label != "spark start-up":
+                    entry["x_floor"] = floor / seconds
+                if label.startswith("score"):
+                    used = int(label.rsplit("w", 1)[1])
+                    entry["x_floor_per_core"] = floor / seconds / used
+                summary[label] = entry
+            results["models"][name] = {"summary": summary, "peak_rss_kib": peaks, "raw": times}
+            print_model(name, rows, summary, peaks)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (RESULTS / f"batch-{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    shutil.rmtree(WORK, ignore_errors=True)
+    return 0
+
+
+def spark_times(
+    instance: Path, name: str, source: Path, cores: int, repeats: int
+) -> dict[str, list[float]]:
+    """Return Spark's session start-up seconds and its scoring seconds from Parquet."""
+    from pyspark.sql import SparkSession
+
+    from inference_app import spark
+
+    startup: list[float] = []
+    scoring: list[float] = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session = (
+            SparkSession.builder.master(f"local[{cores}]")
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.ui.enabled", "false")
+            .getOrCreate()
+        )
+        session.sparkContext.setLogLevel("ERROR")
+        startup.append(time.perf_counter() - started)
+        with tempfile.TemporaryDirectory(dir=WORK) as folder:
+            output = Path(folder) / "out.parquet"
+            scoring.append(
+                timed(
+                    spark.score_file,
+                    instance,
+                    name,
+                    str(source),
+                    str(output),
+                    master=f"local[{cores}]",
+                )
+            )
+        session.stop()
+    return {"spark start-up": startup, f"spark local[{cores}] parquet": scoring}
+
+
+def print_model(name: str, rows: int, summary: dict[str, Any], peaks: dict[str, int]) -> None:
+    """Print one model's table."""
+    print(f"\n{name}, {rows:,} rows (medians)")
+    print(f"{'what':32} {'seconds':>9} {'rows/s':>12} {'x floor':>8} {'x floor/core':>12}")
+    for label, entry in summary.items():
+        per_core = entry.get("x_floor_per_core")
+        x_floor = entry.get("x_floor")
+        print(
+            f"{label:32} {entry['seconds']:9.2f} {entry['rows_per_s'] or 0:12,.0f} "
+            f"{'' if x_floor is None else f'{x_floor:7.2f}x':>8} "
+            f"{'' if per_core is None else f'{per_core:11.2f}x':>12}"
+        )
+    print("peak RSS of score (MiB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in peaks.items()))
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
