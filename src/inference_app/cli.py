@@ -112,13 +112,7 @@ def _configured(instance_path: Path) -> Flask:
 
     :raises inference_app.config.ConfigError: a setting has a bad value.
     """
-    app = Flask(
-        "inference_app",
-        instance_path=str(config.resolve_instance_path(instance_path)),
-        instance_relative_config=True,
-    )
-    config.init_app(app)
-    return app
+    return config.settings(instance_path)
 
 
 def _models_dir(instance_path: Path) -> Path:

@@ -177,6 +177,21 @@ def validate(config: Mapping[str, Any]) -> None:
             )
 
 
+def settings(instance_path: str | os.PathLike[str] | None = None) -> Flask:
+    """Return a bare app holding an instance's configuration, with no model loaded (for the
+    commands and jobs that do not serve).
+
+    :raises ConfigError: a setting has a bad value.
+    """
+    app = Flask(
+        "inference_app",
+        instance_path=str(resolve_instance_path(instance_path)),
+        instance_relative_config=True,
+    )
+    init_app(app)
+    return app
+
+
 def models_dir(app: Flask) -> Path:
     """Return the folder of model bundles, resolved against the instance folder."""
     return Path(app.instance_path) / str(app.config["MODELS_DIR"])

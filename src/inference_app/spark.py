@@ -148,17 +148,9 @@ def _locate(
 
 def _settings(instance_path: str | os.PathLike[str]) -> Flask:
     """Return a bare app holding the instance's configuration (no models loaded)."""
-    from flask import Flask  # on the driver only: executors need no Flask
+    from inference_app import config  # on the driver only: executors need no Flask
 
-    from inference_app import config
-
-    app = Flask(
-        "inference_app",
-        instance_path=str(config.resolve_instance_path(instance_path)),
-        instance_relative_config=True,
-    )
-    config.init_app(app)
-    return app
+    return config.settings(instance_path)
 
 
 def _read(path: Path) -> bytes:
