@@ -48,8 +48,8 @@ bench: $(VENV)/.installed ## Benchmark against seed Flask/FastAPI apps (bench/RE
 
 bench-batch: $(VENV)/.installed ## Benchmark batch scoring: score, the floor, HTTP, Spark (bench/README.md)
 	$(BIN)/pip install -e '.[spark]'
-	@if ! command -v java >/dev/null 2>&1; then \
-		apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless; \
+	@if ! command -v java >/dev/null 2>&1 || [ ! -x /usr/bin/time ]; then \
+		apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless time; \
 	fi
 	$(BIN)/python bench/batch.py
 

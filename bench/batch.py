@@ -79,7 +79,9 @@ def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
     return time.perf_counter() - started
 
 
-def score_command(instance: Path, name: str, source: Path, workers: int) -> tuple[float, int]:
+def score_command(
+    instance: Path, name: str, source: Path, workers: int, expected: Any = None
+) -> tuple[float, int]:
     """Run ``inference-app score`` and return its seconds and its peak RSS in KiB (the
     largest single process: the command or one of its workers)."""
     output = WORK / f"out-{name}-{workers}{source.suffix}"
@@ -94,15 +96,22 @@ def score_command(instance: Path, name: str, source: Path, workers: int) -> tupl
         "--workers",
         str(workers),
     ]
+    # GNU time, a small process, forks the command: a child forked by this bench would
+    # inherit its peak RSS (Linux keeps the high-water mark across exec).
+    peak_file = WORK / "peak-kib"
+    timed_command = ["/usr/bin/time", "-f", "%M", "-o", str(peak_file), *command]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)  # this command's own peak, not the bench's
+    finished = subprocess.run(timed_command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seconds = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode:
-        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()[-500:]}")
+    if finished.returncode:
+        raise SystemExit(f"{' '.join(command)} failed: {finished.stderr.decode()[-500:]}")
+    peak = int(peak_file.read_text().split()[-1])
+    if expected is not None:  # the job's answers are the in-process predictions, row for row
+        got = pd.read_parquet(output) if output.suffix == ".parquet" else pd.read_csv(output)
+        assert got["row"].tolist() == list(range(len(expected))), "rows out of order"
+        assert got["prediction"].tolist() == list(expected), f"{name}: predictions differ"
     output.unlink(missing_ok=True)
-    return seconds, usage.ru_maxrss
+    return seconds, peak
 
 
 def free_port() -> int:
@@ -197,10 +206,12 @@ def main() -> int:
             small = WORK / f"{name}-10k.csv"
             big.iloc[:10_000].to_csv(small, index=False)
             http_rows = big.iloc[: min(rows, 100_000)]
-            expected = estimator.predict(model_rows[: len(http_rows)])
+            floor_predictions = estimator.predict(model_rows)
+            expected = floor_predictions[: len(http_rows)]
             assert list(post_all(url, name, http_rows)) == expected.tolist(), name
             times: dict[str, list[float]] = {}
             peaks: dict[str, int] = {}
+            score_command(instance, name, sources["parquet"], cores, floor_predictions)
             for _ in range(repeats):
                 times.setdefault("floor", []).append(timed(estimator.predict, model_rows))
                 for kind, source in sources.items():
@@ -210,7 +221,9 @@ def main() -> int:
                         peaks[f"{kind} w{workers}"] = peak
                 seconds = timed(post_all, url, name, http_rows)
                 times.setdefault("http", []).append(seconds * rows / len(http_rows))
-            _, peaks["csv 10k w1"] = score_command(instance, name, small, 1)
+            # 10,000 rows: the command's start-up (imports, bundle, pool) and flat memory
+            seconds, peaks["csv 10k w1"] = score_command(instance, name, small, 1)
+            times["score start-up (10k rows)"] = [seconds]
             if with_spark:
                 times.update(spark_times(instance, name, sources["parquet"], cores, repeats))
             floor = statistics.median(times["floor"])
@@ -218,9 +231,9 @@ def main() -> int:
             for label, values in times.items():
                 seconds = statistics.median(values)
                 entry = {"seconds": seconds, "rows_per_s": rows / seconds if seconds else None}
-                if label != "spark start-up":
+                if "start-up" not in label:
                     entry["x_floor"] = floor / seconds
-                if label.startswith("score"):
+                if label.startswith("score") and "start-up" not in label:
                     used = int(label.rsplit("w", 1)[1])
                     entry["x_floor_per_core"] = floor / seconds / used
                 summary[label] = entry
@@ -244,6 +257,7 @@ def spark_times(
 
     from inference_app import spark
 
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers import inference_app
     startup: list[float] = []
     scoring: list[float] = []
     for _ in range(repeats):

@@ -540,11 +540,11 @@ def _typed(array: Any, feature: Feature) -> Any:
 def _strings(
     values: Sequence[Any], feature: Feature, limits: Limits, where: str
 ) -> tuple[Any, int]:
-    longest = max((len(value) for value in values if value is not None), default=0)
-    if longest > limits.max_text_length:
-        index = next(
-            i for i, v in enumerate(values) if v is not None and len(v) > limits.max_text_length
-        )
+    lengths = np.fromiter(
+        (0 if value is None else len(value) for value in values), dtype=np.int64, count=len(values)
+    )
+    if len(values) and lengths.max() > limits.max_text_length:
+        index = int(np.argmax(lengths > limits.max_text_length))
         message = f"Longer than {limits.max_text_length} characters (MAX_TEXT_LENGTH)."
         raise InvalidInputError(
             f"row {index}, feature {feature.name!r}: the text has {len(values[index])} "
@@ -567,12 +567,10 @@ def _categories(array: np.ndarray, feature: Feature, where: str) -> tuple[Any, i
     :raises InvalidInputError: an unknown category where the model's encoder refuses them.
     """
     categories = feature.categories or ()
-    known = set(categories)
-    strange = [
-        i for i, value in enumerate(array.tolist()) if not _is_missing(value) and value not in known
-    ]
-    if strange and feature.unknown_categories == "error":
-        index = strange[0]
+    values = pd.Series(array, dtype=object)  # hash lookups in pandas, not per value here
+    strange = np.flatnonzero((~values.isin(list(categories)) & values.notna()).to_numpy())
+    if len(strange) and feature.unknown_categories == "error":
+        index = int(strange[0])
         shown = ", ".join(repr(c) for c in categories[:SHOWN_CATEGORIES])
         more = len(categories) - SHOWN_CATEGORIES
         listing = shown + (f" and {more} more" if more > 0 else "")
@@ -587,10 +585,6 @@ def _categories(array: np.ndarray, feature: Feature, where: str) -> tuple[Any, i
     if feature.dtype in ("str", "string"):
         return pd.array(array, dtype=feature.dtype), len(strange)
     return array, len(strange)
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _datetimes(values: Sequence[Any], feature: Feature, where: str) -> Any:

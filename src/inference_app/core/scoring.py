@@ -263,7 +263,11 @@ def frame_columns(frame: pd.DataFrame, features: Sequence[Feature]) -> dict[str,
         ):
             columns[key] = [None if pd.isna(v) else pd.Timestamp(v).isoformat() for v in column]
         else:
-            columns[key] = [_native(value) for value in column.astype(object)]
+            objects = column.astype(object)
+            values = objects.where(column.notna(), None).tolist()
+            if any(isinstance(value, np.generic | pd.Timestamp) for value in values[:1]):
+                values = [_native(value) for value in values]  # numbers or times as objects
+            columns[key] = values
     return columns
 
 
