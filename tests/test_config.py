@@ -1,4 +1,4 @@
-"""Tests of the four configuration layers of DESIGN section 5 and their validation at start."""
+"""Tests of the configuration layers (defaults, file, environment, test) and their checks."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 from sklearn.linear_model import LogisticRegression
 
+from inference_app import datasets
 from inference_app import spark as batch
 from inference_app.cli import main
 from inference_app.core.bundle import load_bundle, write_bundle
@@ -45,14 +46,7 @@ pytestmark = [
 ]
 
 NUMERIC = ["iris", "breast_cancer", "diabetes"]
-PENGUIN_FEATURES = [
-    "island",
-    "bill_length_mm",
-    "bill_depth_mm",
-    "flipper_length_mm",
-    "body_mass_g",
-    "sex",
-]
+PENGUIN_FEATURES = list(datasets.PENGUIN_FEATURES)  # a list, to index DataFrames with
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Configuration: defaults, the four layers of DESIGN section 5, and their validation at start."""
+"""Configuration: defaults, the file, environment and test layers over them, and validation."""
 
 from __future__ import annotations
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import re
 import sys
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import pandas as pd  # type: ignore[import-untyped, unused-ignore]
 
-from inference_app.core.bundle import MANIFEST_FILE, Bundle, Manifest, load_bundle
+from inference_app.core.bundle import MANIFEST_FILE, Bundle, Manifest, load_bundle, read_manifest
 from inference_app.core.errors import BundleError
 from inference_app.core.registry import find_version
 from inference_app.core.scoring import ERROR, ROW, Scorer, ScoringError, output_columns
@@ -132,7 +131,7 @@ def _locate(
     if manifest_file.is_file():
         data = _read(manifest_file)
         digest = hashlib.sha256(data).hexdigest()
-        manifest = _parse_manifest(manifest_file, data, name, version)
+        manifest = read_manifest(manifest_file, name, version, data)
     else:  # a bare model.joblib: its inputs are inferred from the estimator, loaded here
         manifest = load_bundle(folder, strict_sklearn_version=strict).manifest
     ref = BundleRef(
@@ -158,23 +157,6 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as error:
         raise BundleError(f"{path}: cannot read: {error.strerror or error}") from None
-
-
-def _parse_manifest(path: Path, data: bytes, name: str, version: str) -> Manifest:
-    """Return the manifest in ``data``, checking that it names its folder."""
-    try:
-        parsed = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise BundleError(f"{path}: cannot read: {error}") from None
-    if not isinstance(parsed, dict):
-        raise BundleError(f"{path}: expected a JSON object")
-    manifest = Manifest.from_dict(parsed)
-    if (manifest.name, manifest.version) != (name, version):
-        raise BundleError(
-            f"{path}: names model {manifest.name!r} version {manifest.version!r} but lives in "
-            f"{name}/{version}"
-        )
-    return manifest
 
 
 _LOCK = threading.Lock()

@@ -21,7 +21,6 @@ import numpy as np
 import sklearn
 from sklearn.base import is_classifier
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import get_tags
 from sklearn.utils.validation import check_is_fitted
 from skops import io as skops_io
 
@@ -33,6 +32,7 @@ from inference_app.core.features import (
     LAYOUTS,
     REFERENCE_ROWS,
     Feature,
+    allows_nan,
     describe,
 )
 
@@ -54,7 +54,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 @dataclass(frozen=True)
 class Manifest:
-    """What ``model.json`` says of a bundle (DESIGN section 3)."""
+    """What ``model.json`` says of a bundle (README, "Serve your own model")."""
 
     name: str
     version: str
@@ -331,7 +331,7 @@ def load_bundle(path: str | os.PathLike[str], *, strict_sklearn_version: bool = 
     version = check_name("version", folder.name)
     manifest_path = folder / MANIFEST_FILE
     if manifest_path.is_file():
-        manifest = _read_manifest(manifest_path, name, version)
+        manifest = read_manifest(manifest_path, name, version)
         data = _read_checked(folder, manifest)
         label = f"{name}/{version}/{manifest.file}"
         estimator, notes = _deserialise(label, data, manifest.format, manifest.trusted_types)
@@ -394,15 +394,21 @@ def _check_sklearn_version(label: str, saved: str | None, strict: bool) -> tuple
     return (note,)
 
 
-def _read_manifest(path: Path, name: str, version: str) -> Manifest:
+def read_manifest(path: Path, name: str, version: str, data: bytes | None = None) -> Manifest:
+    """Read and check the ``model.json`` of the version folder ``<name>/<version>``.
+
+    :param data: the file's bytes, when the caller has read them already (to hash them).
+    :raises BundleError: the file cannot be read or parsed, names another model or version,
+        or names a format or file the server does not load.
+    """
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        parsed = json.loads(path.read_bytes() if data is None else data)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise BundleError(f"{path}: cannot read: {error}") from None
-    if not isinstance(data, dict):
+    if not isinstance(parsed, dict):
         raise BundleError(f"{path}: expected a JSON object")
     try:
-        manifest = Manifest.from_dict(data)
+        manifest = Manifest.from_dict(parsed)
     except BundleError as error:
         raise BundleError(f"{path.parent}: {error}") from None
     if (manifest.name, manifest.version) != (name, version):
@@ -506,15 +512,8 @@ def _describe_estimator(estimator: Any) -> dict[str, Any]:
         "methods": tuple(method for method in METHODS if hasattr(estimator, method)),
         "estimator": f"{type(estimator).__module__}.{type(estimator).__qualname__}",
         "classes": classes,
-        "allow_nan": _allows_nan(estimator),
+        "allow_nan": allows_nan(estimator),
     }
-
-
-def _allows_nan(estimator: Any) -> bool:
-    try:
-        return bool(get_tags(estimator).input_tags.allow_nan)
-    except (AttributeError, TypeError, ValueError):
-        return False
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

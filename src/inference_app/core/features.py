@@ -180,7 +180,7 @@ def _describe_frame(estimator: Any, frame: pd.DataFrame, *, from_array: bool) ->
         else "frame"
     )
     consumers = dict(_consumers(estimator, names))
-    allow_nan = _allows_nan(estimator)
+    allow_nan = allows_nan(estimator)
     inputs = []
     for name in names:
         column, datatype = frame[name], datatypes[name]
@@ -372,7 +372,8 @@ def _encoder(step: Any) -> Any:
     return step if hasattr(step, "categories_") and hasattr(step, "handle_unknown") else None
 
 
-def _allows_nan(estimator: Any) -> bool:
+def allows_nan(estimator: Any) -> bool:
+    """Return scikit-learn's ``allow_nan`` tag of ``estimator``: it predicts with NaN in."""
     from sklearn.utils import get_tags
 
     try:

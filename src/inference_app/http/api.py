@@ -102,7 +102,7 @@ def default_model_name(header: str | None = None) -> str:
     return name
 
 
-#: A model name or version in a URL: one path segment, no ``:`` (DESIGN section 3).
+#: A model name or version in a URL: one path segment, no ``:`` (as ``bundle.NAME_PATTERN``).
 SEGMENT = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"
 
 
