@@ -85,6 +85,7 @@ class InferenceResult:
         saw and tolerates.
     :param timings: seconds per stage: ``validate`` (checking and building the rows) and
         ``predict`` (the engine calls and output conversion).
+    :param input: the checked rows the engine was given, for observers (drift, payload logs).
     """
 
     model_name: str
@@ -93,6 +94,7 @@ class InferenceResult:
     rows: int
     unseen: Mapping[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    input: ModelInput | None = field(default=None, compare=False, repr=False)
 
     def output(self, method: str) -> Output:
         """Return the output of ``method``."""
@@ -110,6 +112,10 @@ class DataPlane:
     :param max_batch_latency: the longest a request waits for a running call, in seconds.
     :param on_batch: told the number of requests and rows of each merged call.
     :param engine: the ``RUNTIME`` setting (:func:`inference_app.core.engines.engine_for`).
+
+    :attr:`observers` are called with the bundle and the result of every answered
+    :meth:`infer`, whatever the protocol; an observer that raises is logged, never fails the
+    request.
     """
 
     def __init__(
@@ -128,6 +134,7 @@ class DataPlane:
         self.engine = engine
         #: This process's engine of each bundle, by ``id(bundle)``, made at warm-up.
         self.engines: dict[int, Engine] = {}
+        self.observers: list[Callable[[Bundle, InferenceResult], None]] = []
         self.batching = batching
         self.batcher = Batcher(
             self.call,
@@ -214,14 +221,21 @@ class DataPlane:
             for method in request.methods
         )
         finished = time.perf_counter()
-        return InferenceResult(
+        result = InferenceResult(
             model_name=bundle.name,
             model_version=bundle.version,
             outputs=outputs,
             rows=model_input.rows,
             unseen=model_input.unseen,
             timings={"validate": checked - started, "predict": finished - checked},
+            input=model_input,
         )
+        for observer in self.observers:
+            try:
+                observer(bundle, result)
+            except Exception:  # an observer's fault never fails the answer
+                logger.exception("observer %r failed on model %s", observer, bundle.name)
+        return result
 
     def decode(self, bundle: Bundle, request: InferenceRequest) -> ModelInput:
         """Check the request's rows against ``bundle``'s features and build its input.
