@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from inference_app.core.bundle import Bundle, load_bundle
-from inference_app.core.scoring import ERROR, PREDICTION, Scorer, ScoringError
+from inference_app.core.scoring import ERROR, PREDICTION, Scorer, ScoringError, frame_columns
 from inference_app.datasets import load_penguins
 from inference_app.demo import DEMO_VERSION, DEMOS, load_demo_data, write_demo_bundles
 
@@ -138,6 +138,25 @@ def test_mark_keeps_refused_rows_with_the_reason(bundles: dict[str, Bundle]) -> 
     assert outputs[PREDICTION][[3, 5, 8]].isna().all()
     assert outputs[ERROR].drop([3, 5, 8]).isna().all()
     assert sum(scored.refused.values()) == 3
+
+
+@pytest.mark.parametrize("max_text_length", [10_000, 5])
+def test_string_columns_are_checked_whole_as_their_values_one_by_one(
+    bundles: dict[str, Bundle], max_text_length: int
+) -> None:
+    objects = bad_penguins()
+    strings = objects.astype({"island": "str", "sex": "str"})  # as Parquet or Arrow gives them
+    assert isinstance(
+        frame_columns(strings, bundles["penguins"].manifest.inputs)["island"], pd.Series
+    )
+
+    scorer = Scorer(bundles["penguins"], on_error="mark", max_text_length=max_text_length)
+    whole, one_by_one = scorer.score(strings), scorer.score(objects)
+
+    pd.testing.assert_frame_equal(whole.outputs, one_by_one.outputs)
+    assert whole.refused == one_by_one.refused
+    if max_text_length == 5:  # every island but "Dream" is too long
+        assert whole.outputs[ERROR][0] == ("island: Longer than 5 characters (MAX_TEXT_LENGTH).")
 
 
 def test_unseen_categories_are_served_and_counted(bundles: dict[str, Bundle]) -> None:

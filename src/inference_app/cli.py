@@ -19,7 +19,6 @@ from inference_app.core.engines import ENGINES
 from inference_app.core.errors import BundleError, InferenceAppError, InvalidInputError
 from inference_app.core.registry import discover, find_version
 from inference_app.core.scoring import ON_ERROR
-from inference_app.demo import write_demo_bundles
 from inference_app.logs import one_line
 
 #: The sample formats ``package`` reads, by file extension (lower case).
@@ -128,6 +127,8 @@ def init_demo(instance_path: Path, force: bool, onnx: bool) -> None:
     """Write the demo bundles, version 1: iris, breast_cancer, diabetes, penguins and
     sentiment (whose data is fetched from the package index once)."""
     models_dir = _models_dir(instance_path)
+    from inference_app.demo import write_demo_bundles  # scikit-learn's datasets: only here
+
     for written in write_demo_bundles(models_dir, overwrite=force, onnx=onnx):
         if written.skipped is not None:
             click.echo(f"skipped {written.name}: {written.skipped}", err=True)

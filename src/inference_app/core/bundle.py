@@ -22,7 +22,6 @@ import sklearn
 from sklearn.base import is_classifier
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.validation import check_is_fitted
-from skops import io as skops_io
 
 from inference_app.core import compiled
 from inference_app.core.compiled import Conversion
@@ -257,6 +256,8 @@ def write_bundle(
     description = describe(estimator, sample, feature_names)
     trusted: tuple[str, ...] = ()
     if format == "skops":
+        from skops import io as skops_io  # imports most of scikit-learn: only when used
+
         data = skops_io.dumps(estimator)
         trusted = tuple(skops_io.get_untrusted_types(data=data))
     else:
@@ -447,6 +448,8 @@ def _deserialise(
         warnings.simplefilter("always")
         try:
             if format == "skops":
+                from skops import io as skops_io
+
                 untrusted = sorted(set(skops_io.get_untrusted_types(data=data)) - set(trusted))
                 if untrusted:
                     raise BundleError(

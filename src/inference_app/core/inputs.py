@@ -148,7 +148,8 @@ def from_columns(
     """Check one column per feature and build the model's input.
 
     :param columns: each feature's values by name, ``(n_samples,)`` each: lists of
-        JSON-native values, or numpy arrays (decoded binary tensors).
+        JSON-native values, numpy arrays (decoded binary tensors), or pandas string Series
+        (a table's columns, :func:`inference_app.core.scoring.frame_columns`).
     :param cells: the values are CSV text cells, converted by each feature's datatype
         (an empty cell is missing; numbers must read as pandas reads them).
     :raises InvalidInputError: an unknown or missing column, columns of unequal length, or a
@@ -194,7 +195,7 @@ def from_columns(
         rows = list(zip(*(list(v) for v in values), strict=True))
         return ModelInput(_matrix(rows, inputs, where), count)
     return _assemble(
-        [list(v) if not isinstance(v, np.ndarray) else v for v in values],
+        [v if isinstance(v, np.ndarray | pd.Series) else list(v) for v in values],
         inputs,
         layout,
         limits,
@@ -480,6 +481,9 @@ def _assemble(
     rows = len(columns[0]) if columns else 0
     if layout == "column":
         return ModelInput(built[inputs[0].name], rows, unseen)
+    for name, values in built.items():  # pandas would infer its own string dtype for these
+        if isinstance(values, np.ndarray) and values.dtype == object:
+            built[name] = pd.Series(values, dtype=object, copy=False)
     return ModelInput(pd.DataFrame(built, columns=[f.name for f in inputs]), rows, unseen)
 
 
@@ -487,6 +491,14 @@ def _column(values: Any, feature: Feature, limits: Limits, where: str) -> tuple[
     """Check one feature's values; return them in the training dtype, and the count of
     tolerated unseen categories."""
     datatype = DATATYPES[feature.datatype]
+    if isinstance(values, pd.Series):  # a string column of a table (batch scoring)
+        if feature.datatype == "BYTES" and pd.api.types.is_string_dtype(values.dtype):
+            if type(None) not in _accepted(feature):
+                missing = np.flatnonzero(values.isna().to_numpy())
+                if len(missing):
+                    raise _type_error(int(missing[0]), feature, None, where)
+            return _strings(values, feature, limits, where)
+        values = values.astype(object).where(values.notna(), None).tolist()
     if isinstance(values, np.ndarray) and values.dtype == object:
         values = values.tolist()
     if isinstance(values, np.ndarray):
@@ -538,11 +550,21 @@ def _typed(array: Any, feature: Feature) -> Any:
 
 
 def _strings(
-    values: Sequence[Any], feature: Feature, limits: Limits, where: str
+    values: Sequence[Any] | pd.Series, feature: Feature, limits: Limits, where: str
 ) -> tuple[Any, int]:
-    lengths = np.fromiter(
-        (0 if value is None else len(value) for value in values), dtype=np.int64, count=len(values)
-    )
+    """Check a text or categorical column: strings or ``None`` (a list, its types checked),
+    or a pandas string ``Series`` (checked with vectorised string operations)."""
+    if isinstance(values, pd.Series):
+        lengths = values.str.len().fillna(0).to_numpy(dtype=np.int64)
+        array = values.to_numpy(dtype=object, na_value=math.nan)
+        values = array  # indexable by position, for the message below
+    else:
+        lengths = np.fromiter(
+            (0 if value is None else len(value) for value in values),
+            dtype=np.int64,
+            count=len(values),
+        )
+        array = np.array([math.nan if value is None else value for value in values], dtype=object)
     if len(values) and lengths.max() > limits.max_text_length:
         index = int(np.argmax(lengths > limits.max_text_length))
         message = f"Longer than {limits.max_text_length} characters (MAX_TEXT_LENGTH)."
@@ -551,7 +573,6 @@ def _strings(
             f"characters; at most {limits.max_text_length} are accepted (MAX_TEXT_LENGTH)",
             {where: {index: {feature.name: [message]}}},
         )
-    array = np.array([math.nan if value is None else value for value in values], dtype=object)
     if feature.kind == "categorical":
         return _categories(array, feature, where)
     if feature.dtype in ("str", "string"):

@@ -218,7 +218,10 @@ ROW = re.compile(r"\b(row|CSV line) (\d+)")
 
 def _rows(columns: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
     """Return rows ``start:stop`` of each column."""
-    return {name: values[start:stop] for name, values in columns.items()}
+    return {
+        name: values.iloc[start:stop] if isinstance(values, pd.Series) else values[start:stop]
+        for name, values in columns.items()
+    }
 
 
 def reason(error: InvalidInputError) -> str:
@@ -243,8 +246,9 @@ def output_columns(bundle: Bundle, method: str) -> list[str]:
 
 
 def frame_columns(frame: pd.DataFrame, features: Sequence[Feature]) -> dict[str, Any]:
-    """Return a table's columns as the checks take them: numbers as numpy arrays, other
-    values as lists with ``None`` where missing, datetimes as ISO 8601 strings.
+    """Return a table's columns as the checks take them: numbers as numpy arrays, pandas
+    string columns as they are, other values as lists with ``None`` where missing, datetimes
+    as ISO 8601 strings.
 
     :param frame: ``(n_rows, n_columns)``; columns that are not features are left out.
     """
@@ -262,6 +266,8 @@ def frame_columns(frame: pd.DataFrame, features: Sequence[Feature]) -> dict[str,
             isinstance(dtype, np.dtype) and dtype.kind == "M" or str(dtype).startswith("datetime64")
         ):
             columns[key] = [None if pd.isna(v) else pd.Timestamp(v).isoformat() for v in column]
+        elif pd.api.types.is_string_dtype(dtype) and not isinstance(dtype, np.dtype):
+            columns[key] = column.reset_index(drop=True)  # checked whole, not value by value
         else:
             objects = column.astype(object)
             values = objects.where(column.notna(), None).tolist()
