@@ -32,6 +32,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
 from inference_app.core.registry import Registry
+from inference_app.core.traffic import ShadowOutcome
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The file in the metrics folder whose ``flock`` orders scrapes and folds of dead workers.
@@ -41,7 +42,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 
 REQUESTS = Counter(
     "inference_app_requests_total",
-    "HTTP requests answered.",
+    "Requests answered, HTTP and gRPC.",
     ["protocol", "route", "model", "version", "status_class"],
 )
 REQUEST_DURATION = Histogram(
@@ -60,6 +61,20 @@ UNSEEN_CATEGORIES = Counter(
     "Values of categorical features that the model never saw in training and served anyway "
     "(its encoder ignores unknown categories).",
     ["model", "feature"],
+)
+DRIFT_ROWS = Counter(
+    "inference_app_drift_rows_total",
+    "Served rows counted into the bins of their model version's training reference, per "
+    "feature: histogram bins by index, underflow, overflow, categories, unseen, missing "
+    "(GET /v1/models/<name>/drift says what each bin holds).",
+    ["model", "version", "feature", "bin"],
+)
+DRIFT_REFERENCE = Gauge(
+    "inference_app_drift_reference_ratio",
+    "The proportion of the training sample in each drift bin of a served model version "
+    "(they sum to 1 per feature), for PSI in PromQL.",
+    ["model", "version", "feature", "bin"],
+    multiprocess_mode="livemax",
 )
 IN_FLIGHT = Gauge(
     "inference_app_requests_in_flight",
@@ -100,10 +115,35 @@ BATCH_ROWS = Histogram(
     "Rows of one merged estimator call, when batching is on.",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
+SHADOW_REQUESTS = Counter(
+    "inference_app_shadow_requests_total",
+    "Requests that a shadow version (traffic.json) also answered, by outcome: agree (every "
+    "row's decision equal to the served version's), disagree (some row's differs) or error "
+    "(the shadow failed; the answer was served all the same).",
+    ["model", "version", "served_version", "outcome"],
+)
+SHADOW_ROWS = Counter(
+    "inference_app_shadow_rows_total",
+    "Rows that a shadow version (traffic.json) also predicted, by outcome: agree or disagree "
+    "with the served version's decision.",
+    ["model", "version", "served_version", "outcome"],
+)
 RELOADS = Counter(
     "inference_app_model_reloads_total",
     "Model reloads on SIGHUP, by result (success or failure).",
     ["result"],
+)
+PAYLOAD_SENT = Counter(
+    "inference_app_payload_events_sent_total",
+    "Payload log events (CloudEvents, two per logged request) written to the file or "
+    "accepted by the HTTP sink.",
+)
+PAYLOAD_DROPPED = Counter(
+    "inference_app_payload_events_dropped_total",
+    "Payload log events dropped, by reason: queue_full (the sender was behind), sink_error "
+    "(the sink refused, timed out or failed), shutdown (the worker exited first), "
+    "encode_error.",
+    ["reason"],
 )
 
 
@@ -145,6 +185,15 @@ def record_batch(requests: int, rows: int) -> None:
     """Observe one merged estimator call of ``requests`` requests and ``rows`` rows."""
     BATCH_REQUESTS.observe(requests)
     BATCH_ROWS.observe(rows)
+
+
+def record_shadow(outcome: ShadowOutcome) -> None:
+    """Count one shadow comparison: the request by its outcome, its rows by theirs."""
+    labels = (outcome.model, outcome.version, outcome.served_version)
+    SHADOW_REQUESTS.labels(*labels, outcome.outcome).inc()
+    if outcome.outcome != "error":
+        SHADOW_ROWS.labels(*labels, "agree").inc(outcome.rows - outcome.disagreeing)
+        SHADOW_ROWS.labels(*labels, "disagree").inc(outcome.disagreeing)
 
 
 def record_loads(registry: Registry) -> None:

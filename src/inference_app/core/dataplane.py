@@ -28,6 +28,7 @@ from inference_app.core.errors import (
 )
 from inference_app.core.inputs import Limits, ModelInput
 from inference_app.core.registry import Registry
+from inference_app.core.traffic import ShadowOutcome, Traffic, agrees, decisions
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ class InferenceRequest:
     :param matrix: a numeric array ``(n_samples, n_features)`` in the model's feature order.
     :param cells: ``columns`` hold CSV text cells, typed by the model's features.
     :param where: the request field holding the rows, for error locations.
+    :param routing_key: with no ``version``, the value of the model's sticky header
+        (``traffic.json``'s ``sticky``; an HTTP header or gRPC metadata), which picks the
+        version by a stable hash; ``None``: by weight at random.
     """
 
     model: str
@@ -58,6 +62,7 @@ class InferenceRequest:
     matrix: np.ndarray | None = None
     cells: bool = False
     where: str = "instances"
+    routing_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,9 @@ class InferenceResult:
 
     :param unseen: per categorical feature, the values that were categories the model never
         saw and tolerates.
-    :param timings: seconds per stage: ``validate`` (checking and building the rows) and
-        ``predict`` (the engine calls and output conversion).
+    :param timings: seconds per stage: ``validate`` (checking and building the rows),
+        ``predict`` (the engine calls and output conversion) and, when a shadow version
+        answered too, ``shadow``.
     :param input: the checked rows the engine was given, for observers (drift, payload logs).
     """
 
@@ -112,6 +118,8 @@ class DataPlane:
     :param max_batch_latency: the longest a request waits for a running call, in seconds.
     :param on_batch: told the number of requests and rows of each merged call.
     :param engine: the ``RUNTIME`` setting (:func:`inference_app.core.engines.engine_for`).
+    :param on_shadow: told what each shadow comparison found (``traffic.json``'s
+        ``shadow``); a failure in it is logged, never fails the request.
 
     :attr:`observers` are called with the bundle and the result of every answered
     :meth:`infer`, whatever the protocol; an observer that raises is logged, never fails the
@@ -128,10 +136,16 @@ class DataPlane:
         max_batch_latency: float = 0.002,
         on_batch: Callable[[int, int], None] | None = None,
         engine: str = "auto",
+        on_shadow: Callable[[ShadowOutcome], None] | None = None,
     ) -> None:
         self.registry = registry
         self.limits = limits or Limits()
         self.engine = engine
+        self.on_shadow = on_shadow
+        #: Whether two bundles take the same inputs, by ``(id(served), id(shadow))``.
+        self._same_inputs: dict[tuple[int, int], bool] = {}
+        #: The shadow versions whose failure was logged as a warning in this process.
+        self._shadow_failed: set[tuple[str, str]] = set()
         #: This process's engine of each bundle, by ``id(bundle)``, made at warm-up.
         self.engines: dict[int, Engine] = {}
         self.observers: list[Callable[[Bundle, InferenceResult], None]] = []
@@ -158,6 +172,7 @@ class DataPlane:
         registry: Registry,
         settings: Mapping[str, Any],
         on_batch: Callable[[int, int], None] | None = None,
+        on_shadow: Callable[[ShadowOutcome], None] | None = None,
     ) -> DataPlane:
         """Make a dataplane from the app's settings (``MAX_ROWS``, ``UNKNOWN_FEATURES``,
         ``MAX_TEXT_LENGTH``, ``BATCHING``, ``MAX_BATCH_SIZE``, ``MAX_BATCH_LATENCY_MS``,
@@ -174,6 +189,7 @@ class DataPlane:
             max_batch_latency=settings["MAX_BATCH_LATENCY_MS"] / 1000,
             on_batch=on_batch,
             engine=settings["RUNTIME"],
+            on_shadow=on_shadow,
         )
 
     @property
@@ -182,15 +198,25 @@ class DataPlane:
         return self.limits.max_rows
 
     def serving(
-        self, name: str, version: str | None = None, methods: Sequence[str] = ("predict",)
+        self,
+        name: str,
+        version: str | None = None,
+        methods: Sequence[str] = ("predict",),
+        routing_key: str | None = None,
     ) -> Bundle:
-        """Return the bundle that answers for ``name`` and ``version`` with ``methods``.
+        """Return the bundle that answers for ``name`` and ``version`` with ``methods``;
+        with no ``version``, the one the model's traffic routes to
+        (:meth:`inference_app.core.registry.Registry.route`).
 
+        :param routing_key: see :attr:`InferenceRequest.routing_key`.
         :raises ModelNotFoundError: no such model or version.
         :raises ModelNotReadyError: the model is not warmed up in this process.
         :raises MethodNotAvailableError: the estimator lacks a method.
         """
-        bundle = self.registry.get(name, version)
+        if version is None:
+            bundle = self.registry.route(name, routing_key)
+        else:
+            bundle = self.registry.get(name, version)
         if not self.registry.is_ready(bundle):
             raise ModelNotReadyError(f"model {name!r} version {bundle.version!r} is warming up")
         available = bundle.manifest.methods
@@ -205,6 +231,11 @@ class DataPlane:
     def infer(self, request: InferenceRequest) -> InferenceResult:
         """Check the request's rows, compute each method's outputs, and label them.
 
+        A request naming no version is answered by the version its model's traffic routes
+        it to; if that traffic has a shadow version and the request is sampled, the shadow
+        then computes the first method's outputs for the same rows, in this call, and
+        :meth:`shadow` compares them. The shadow never changes nor fails the answer.
+
         :raises ModelNotFoundError: no such model or version.
         :raises ModelNotReadyError: the model is not warmed up in this process.
         :raises MethodNotAvailableError: the estimator lacks a method.
@@ -212,7 +243,7 @@ class DataPlane:
             feature), or the model refuses their values.
         :raises InvalidOutputError: the model returned NaN or infinity.
         """
-        bundle = self.serving(request.model, request.version, request.methods)
+        bundle = self.serving(request.model, request.version, request.methods, request.routing_key)
         started = time.perf_counter()
         model_input = self.decode(bundle, request)
         checked = time.perf_counter()
@@ -221,13 +252,18 @@ class DataPlane:
             for method in request.methods
         )
         finished = time.perf_counter()
+        timings = {"validate": checked - started, "predict": finished - checked}
+        if request.version is None:
+            traffic = self.registry.traffic(bundle.name)
+            if traffic is not None and traffic.shadow_due():
+                timings["shadow"] = self.shadow(traffic, bundle, request, model_input, outputs)
         result = InferenceResult(
             model_name=bundle.name,
             model_version=bundle.version,
             outputs=outputs,
             rows=model_input.rows,
             unseen=model_input.unseen,
-            timings={"validate": checked - started, "predict": finished - checked},
+            timings=timings,
             input=model_input,
         )
         for observer in self.observers:
@@ -236,6 +272,80 @@ class DataPlane:
             except Exception:  # an observer's fault never fails the answer
                 logger.exception("observer %r failed on model %s", observer, bundle.name)
         return result
+
+    def shadow(
+        self,
+        traffic: Traffic,
+        served: Bundle,
+        request: InferenceRequest,
+        model_input: ModelInput,
+        outputs: Sequence[Output],
+    ) -> float:
+        """Run ``traffic``'s shadow version on a served request's rows and compare its
+        decisions with the served ones, row by row
+        (:func:`inference_app.core.traffic.decisions` and
+        :func:`~inference_app.core.traffic.agrees`), on the first requested method (or
+        ``predict``, if the shadow lacks it). Any failure of the shadow is an ``error``
+        outcome, logged; nothing is raised. :attr:`on_shadow` is told the outcome.
+
+        :param model_input: the served version's checked rows, reused when the shadow takes
+            the same inputs; else the request is checked again against the shadow's.
+        :returns: the seconds it took.
+        """
+        started = time.perf_counter()
+        version = traffic.shadow or ""
+        outcome, disagreeing = "error", 0
+        try:
+            shadow = self.serving(request.model, version, ())
+            pair = (id(served), id(shadow))
+            same = self._same_inputs.get(pair)
+            if same is None:
+                same = self._same_inputs[pair] = (
+                    served.manifest.inputs == shadow.manifest.inputs
+                    and served.manifest.layout == shadow.manifest.layout
+                )
+            rows = model_input if same else self.decode(shadow, request)
+            first = outputs[0]
+            method = first.method if first.method in shadow.manifest.methods else "predict"
+            output = self._output(shadow, method, self.execute(shadow, method, rows))
+            given = decisions(first.method, first.values, first.classes)
+            found = decisions(method, output.values, output.classes)
+            if len(found) != len(given):
+                raise InvalidOutputError(f"{len(found)} outputs for {len(given)} rows")
+            tolerance = traffic.shadow_tolerance
+            disagreeing = sum(
+                not agrees(a, b, tolerance) for a, b in zip(given, found, strict=True)
+            )
+            outcome = "disagree" if disagreeing else "agree"
+        except Exception as error:  # the shadow's fault never reaches the answer
+            seen = (served.name, version) in self._shadow_failed
+            self._shadow_failed.add((served.name, version))
+            level = logging.DEBUG if seen else logging.WARNING
+            logger.log(
+                level,
+                "shadow version %s of model %s failed (counted, the answer is served): %s: %s",
+                version,
+                served.name,
+                type(error).__name__,
+                error,
+            )
+        seconds = time.perf_counter() - started
+        if self.on_shadow is not None:
+            try:
+                self.on_shadow(
+                    ShadowOutcome(
+                        model=served.name,
+                        version=version,
+                        served_version=served.version,
+                        outcome=outcome,
+                        rows=model_input.rows,
+                        disagreeing=disagreeing,
+                        seconds=seconds,
+                    )
+                )
+            except Exception:  # a counting fault never fails the answer
+                logger.exception("on_shadow failed on model %s", served.name)
+        return seconds
 
     def decode(self, bundle: Bundle, request: InferenceRequest) -> ModelInput:
         """Check the request's rows against ``bundle``'s features and build its input.

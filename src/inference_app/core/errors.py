@@ -26,6 +26,15 @@ class RefusedBundlesError(BundleError):
         self.by_model = by_model
 
 
+class TrafficError(RefusedBundlesError):
+    """A model's ``traffic.json`` is refused: unreadable, not JSON, or its rules do not fit
+    the versions loaded (see :mod:`inference_app.core.traffic`).
+
+    :param message: every refused file and why.
+    :param by_model: why, by model name: ``{"iris": ["traffic.json: weights sum to 95..."]}``.
+    """
+
+
 class ModelNotFoundError(InferenceAppError):
     """No model, or no version of a model, has the requested name."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -12,7 +13,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from inference_app.core.bundle import Bundle, check_name, load_bundle
-from inference_app.core.errors import BundleError, ModelNotFoundError, RefusedBundlesError
+from inference_app.core.errors import (
+    BundleError,
+    ModelNotFoundError,
+    RefusedBundlesError,
+    TrafficError,
+)
+from inference_app.core.traffic import Traffic, read_traffic
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +50,22 @@ class Model:
     """All versions of one model.
 
     :param versions: bundles by version, lowest first.
+    :param traffic: its ``traffic.json`` (canary weights, sticky header, shadow), if any.
     """
 
     name: str
     versions: Mapping[str, Bundle]
+    traffic: Traffic | None = None
 
-    @property
+    @functools.cached_property
     def default_version(self) -> str:
-        """Return the highest version, the one served when a request names none."""
+        """Return the version described when a request names none: the highest, or with a
+        ``traffic.json`` the one of largest weight (requests are routed by weight)."""
+        if self.traffic is not None:
+            return self.traffic.default_version
         return list(self.versions)[-1]
 
-    @property
+    @functools.cached_property
     def default(self) -> Bundle:
         """Return the bundle of the default version."""
         return self.versions[self.default_version]
@@ -62,6 +74,7 @@ class Model:
 def find_version(models_dir: str | os.PathLike[str], name: str, version: str | None = None) -> Path:
     """Return the folder of one version of a model as the server picks it, without loading
     any bundle: by default the highest version (:func:`version_key`), hidden folders left out.
+    A ``traffic.json`` routes only the server's requests, not this choice.
 
     :raises ModelNotFoundError: no such model or version, naming those there are.
     :raises BundleError: a name or version that is not one plain path segment, or a version
@@ -155,11 +168,13 @@ class Registry:
         self.load_errors: Mapping[str, list[str]] = MappingProxyType({})
 
     def load(self) -> None:
-        """Load every bundle; on any failure keep the current models and raise.
+        """Load every bundle and each model's ``traffic.json``; on any failure keep the
+        current models and raise.
 
         A failure is also kept in :attr:`load_errors`, by model, until the next good load.
 
         :raises RefusedBundlesError: listing every refused folder and why.
+        :raises TrafficError: listing every refused ``traffic.json`` and why.
         """
         found = discover(self.models_dir, strict_sklearn_version=self.strict_sklearn_version)
         refused = [item for item in found if item.error]
@@ -177,6 +192,23 @@ class Registry:
             if item.bundle is None:  # refused items raised above
                 continue
             grouped.setdefault(item.name, {})[item.version] = item.bundle
+        traffic: dict[str, Traffic] = {}
+        refusals: list[TrafficError] = []
+        for name, versions in grouped.items():
+            try:
+                found_traffic = read_traffic(self.models_dir / name, list(versions))
+            except TrafficError as error:
+                refusals.append(error)
+                continue
+            if found_traffic is not None:
+                traffic[name] = found_traffic
+        if refusals:
+            by_model = {name: why for error in refusals for name, why in error.by_model.items()}
+            self.load_errors = MappingProxyType(by_model)
+            raise TrafficError(
+                "refused traffic.json:\n  " + "\n  ".join(map(str, refusals)), by_model
+            )
+        for item in found:
             logger.info(
                 "loaded model %s version %s from %s in %.3f s",
                 item.name,
@@ -184,8 +216,13 @@ class Registry:
                 item.path,
                 item.load_seconds,
             )
+        for name, routing in traffic.items():
+            logger.info("model %s routes unversioned requests by %s", name, routing.describe())
         self._models = MappingProxyType(
-            {name: Model(name, MappingProxyType(versions)) for name, versions in grouped.items()}
+            {
+                name: Model(name, MappingProxyType(versions), traffic.get(name))
+                for name, versions in grouped.items()
+            }
         )
         self._ready = frozenset()
         self.load_seconds = MappingProxyType(
@@ -216,7 +253,7 @@ class Registry:
             ) from None
 
     def get(self, name: str, version: str | None = None) -> Bundle:
-        """Return one version of a model, by default its highest.
+        """Return one version of a model, by default :attr:`Model.default_version`.
 
         :raises ModelNotFoundError: no such model or version, naming the ones there are.
         """
@@ -230,6 +267,23 @@ class Registry:
                 f"model {name!r} has no version {version[:100]!r}; it has "
                 f"{', '.join(model.versions)}"
             ) from None
+
+    def route(self, name: str, key: str | None = None) -> Bundle:
+        """Return the version that answers a request for ``name`` naming no version: by the
+        model's ``traffic.json`` (:meth:`Traffic.pick`), else its default.
+
+        :param key: the value of the traffic's sticky header, if the request carries it.
+        :raises ModelNotFoundError: no such model, naming the ones there are.
+        """
+        model = self._models.get(name) or self.model(name)  # the latter raises, naming them
+        if model.traffic is None:
+            return model.default
+        return model.versions[model.traffic.pick(key)]
+
+    def traffic(self, name: str) -> Traffic | None:
+        """Return the ``traffic.json`` in force for model ``name``, if it has one."""
+        model = self._models.get(name)
+        return None if model is None else model.traffic
 
     def mark_ready(self, bundle: Bundle) -> None:
         """Record that ``bundle`` has been warmed up in this process."""

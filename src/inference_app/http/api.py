@@ -12,7 +12,7 @@ from typing import Any
 import flask_smorest
 import marshmallow as ma
 import orjson
-from flask import Flask, Request, current_app, g
+from flask import Flask, Request, current_app, g, request
 from flask.json.provider import DefaultJSONProvider
 from webargs.flaskparser import FlaskParser, abort, is_json_request
 from werkzeug.exceptions import HTTPException
@@ -100,6 +100,17 @@ def default_model_name(header: str | None = None) -> str:
             "name one in the X-Model-Name header, or set DEFAULT_MODEL"
         )
     return name
+
+
+def routing_key(name: str, version: str | None = None) -> str | None:
+    """Return the current request's value of the header that routes model ``name``
+    (``traffic.json``'s ``sticky``), when it names no ``version``; else ``None``."""
+    if version is not None:
+        return None
+    traffic = get_registry().traffic(name)
+    if traffic is None or traffic.sticky is None:
+        return None
+    return request.headers.get(traffic.sticky)
 
 
 #: A model name or version in a URL: one path segment, no ``:`` (as ``bundle.NAME_PATTERN``).

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from flask import Flask
 from marshmallow import Schema
+from werkzeug.datastructures import EnvironHeaders
 
 from inference_app import metrics
 from inference_app.core.dataplane import DataPlane, InferenceResult
@@ -44,15 +45,18 @@ class Protocol:
     :param json_only: whether only ``Content-Type: application/json`` bodies are taken (the
         V2 route takes bodies without one: ``tritonclient`` sends none).
     :param parse: the body's bytes and the request environ to the loaded JSON.
-    :param answer: the view's own function: dataplane, name, version and the loaded request
-        to the response (before the response schema) and the inference result.
+    :param answer: the view's own function: dataplane, name, version, the loaded request and
+        the routing key (the sticky header's value) to the response (before the response
+        schema) and the inference result.
     """
 
     request: Schema
     response: Schema
     json_only: bool
     parse: Callable[[bytes, dict[str, Any], Callable[[bytes], Any]], Any]
-    answer: Callable[[DataPlane, str, str | None, Any], tuple[dict[str, Any], InferenceResult]]
+    answer: Callable[
+        [DataPlane, str, str | None, Any, str | None], tuple[dict[str, Any], InferenceResult]
+    ]
 
 
 NATIVE = Protocol(
@@ -216,8 +220,13 @@ class FastPath:
             parsed = time.perf_counter()
             variables = match.groupdict()
             name, version = variables["name"], variables.get("version")
+            key = None
+            if version is None:
+                traffic = self.dataplane.registry.traffic(name)
+                if traffic is not None and traffic.environ_key is not None:
+                    key = environ.get(traffic.environ_key)
             response, result = protocol.answer(
-                self.dataplane, name, version, protocol.request.load(data)
+                self.dataplane, name, version, protocol.request.load(data), key
             )
             body_out = protocol.response.dump(response)
             serialising = time.perf_counter()
@@ -252,4 +261,12 @@ class FastPath:
             user_agent=environ.get("HTTP_USER_AGENT"),
         )
         observe.count_unseen(result.model_name, result.unseen)
+        observe.log_payload(
+            self.dataplane.registry,
+            request_id,
+            result,
+            route.protocol,
+            EnvironHeaders(environ),
+            finished - started,
+        )
         return payload, headers

@@ -28,10 +28,13 @@ from inference_app.http.api import (
     get_dataplane,
     get_registry,
     load_json,
+    routing_key,
 )
 from inference_app.http.schemas import ROW_SCHEMA, Array, Rows
 
 INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+#: The response header naming the model version that answered (MLflow's body has no room).
+VERSION_HEADER = "X-Model-Version"
 
 
 class DataFrameSplitSchema(Schema):
@@ -152,14 +155,25 @@ class Invocations(MethodView):
             }
         ],
     )
-    @blp.response(200, InvocationsResponseSchema)
+    @blp.response(
+        200,
+        InvocationsResponseSchema,
+        headers={
+            MODEL_HEADER: {"description": "The model that answered", "schema": {"type": "string"}},
+            VERSION_HEADER: {
+                "description": "The model version that answered",
+                "schema": {"type": "string"},
+            },
+        },
+    )
     @blp.error(400, 404, 415, 503)
-    def post(self) -> dict[str, Any]:
+    def post(self) -> tuple[dict[str, Any], int, dict[str, str]]:
         """Predict, as MLflow's scoring server does
 
         JSON with one of `dataframe_split`, `dataframe_records`, `instances` or `inputs`, or
         CSV with a header row. The model is the one the `X-Model-Name` header names, else
-        the default model.
+        the default model. The `X-Model-Name` and `X-Model-Version` response headers say
+        which version answered.
         """
         name = default_model_name(request.headers.get(MODEL_HEADER))
         if request.mimetype == "text/csv":
@@ -172,9 +186,12 @@ class Invocations(MethodView):
                 message="Send Content-Type: application/json (MLflow's JSON formats) or "
                 "text/csv (with a header row)",
             )
-        result = get_dataplane().infer(InferenceRequest(model=name, **rows))
+        result = get_dataplane().infer(
+            InferenceRequest(model=name, routing_key=routing_key(name), **rows)
+        )
         observe.note_prediction(result)
-        return {"predictions": result.outputs[0].values}
+        headers = {MODEL_HEADER: result.model_name, VERSION_HEADER: result.model_version}
+        return {"predictions": result.outputs[0].values}, 200, headers
 
 
 def _json_rows(body: bytes) -> dict[str, Any]:

@@ -13,16 +13,18 @@ from typing import Any
 from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
 
-from inference_app import metrics
+from inference_app import metrics, payload
 from inference_app.core.dataplane import InferenceResult
+from inference_app.core.registry import Registry
 from inference_app.http import security
-from inference_app.http.api import Blueprint, get_registry, record_stage
+from inference_app.http.api import MODEL_HEADER, Blueprint, get_registry, record_stage
 from inference_app.logs import ACCESS_LOGGER
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: A request id taken from the caller: printable, without spaces, at most 128 characters.
 REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 access_log = logging.getLogger(ACCESS_LOGGER)
+logger = logging.getLogger(__name__)
 
 
 blp = Blueprint("metrics", __name__, description="Prometheus metrics of every worker.")
@@ -51,6 +53,7 @@ def note_prediction(result: InferenceResult) -> None:
     """Record the model, version, rows and stage timings of this request's inference, and
     count the unseen categories its model tolerated."""
     g.model, g.version, g.rows = result.model_name, result.model_version, result.rows
+    g.result = result  # for the payload log, once the answer is made
     for stage, seconds in result.timings.items():
         record_stage(stage, seconds)
     count_unseen(result.model_name, result.unseen)
@@ -102,7 +105,41 @@ def _finish(response: Response) -> Response:
         user_agent=req.environ.get("HTTP_USER_AGENT"),
         log=not security.is_probe(req.path) or current_app.config["LOG_PROBES"],
     )
+    result = getattr(context, "result", None)
+    if result is not None and response.status_code < 300:
+        log_payload(
+            get_registry(),
+            context.request_id,
+            result,
+            protocol(),
+            req.headers,
+            time.perf_counter() - context.started,
+        )
     return response
+
+
+def log_payload(
+    registry: Registry,
+    request_id: str,
+    result: InferenceResult,
+    kind: str,
+    headers: payload.Headers,
+    elapsed: float,
+) -> None:
+    """Hand an answered inference to the payload log (:func:`inference_app.payload.record`),
+    when payload logging is on; never raises.
+
+    :param headers: the request's headers, case-insensitive (Werkzeug's ``EnvironHeaders``).
+    :param elapsed: seconds since the request arrived.
+    """
+    if payload.current() is None:
+        return
+    try:
+        bundle = registry.get(result.model_name, result.model_version)
+    except Exception:  # the version that answered is always there; never fail the answer
+        logger.exception("payload log: no bundle %s %s", result.model_name, result.model_version)
+        return
+    payload.record(request_id, bundle, result, protocol=kind, headers=headers, elapsed=elapsed)
 
 
 def account(
@@ -122,16 +159,21 @@ def account(
     remote_addr: str | None = None,
     user_agent: str | None = None,
     log: bool = True,
+    grpc_status: str | None = None,
 ) -> None:
     """Count one answered request in the metrics and write its access log line.
 
-    :param route: the URL rule without converters, e.g. ``/v1/models/<name>:predict``.
-    :param kind: the protocol: ``native``, ``v2``, ``mlflow`` or ``other``.
+    :param route: the URL rule without converters, e.g. ``/v1/models/<name>:predict``; for
+        gRPC, the method's path, ``/inference.GRPCInferenceService/ModelInfer``.
+    :param kind: the protocol: ``native``, ``v2``, ``mlflow``, ``grpc`` or ``other``.
+    :param status: the HTTP status; for gRPC, the one its status code maps to.
     :param model: the model's name, empty when the request named none the registry knows.
     :param duration: seconds from the request's arrival in the app to its answer.
     :param stages: seconds per stage (``parse``, ``validate``, ``predict``, ``serialise``).
     :param error_kind: the domain error's name for an error answer; default its status.
     :param log: whether to write the access line (probes are not logged by default).
+    :param grpc_status: the gRPC status code's name (``OK``, ``INVALID_ARGUMENT``, ...), for
+        the access line of a gRPC call.
     """
     _child(metrics.REQUESTS, kind, route, model, version, f"{status // 100}xx").inc()
     _child(metrics.REQUEST_DURATION, kind, route, model, version).observe(duration)
@@ -161,6 +203,7 @@ def account(
                 "stages_ms": {stage: round(s * 1000, 3) for stage, s in stages.items()},
                 "remote_addr": remote_addr,
                 "user_agent": user_agent or None,
+                **({"grpc_status": grpc_status} if grpc_status else {}),
             },
         )
 
@@ -183,14 +226,25 @@ def _child(metric: Any, *labels: str) -> Any:
     return metric.labels(*labels)
 
 
+#: The endpoints that take their model from the ``X-Model-Name`` header, not the path.
+MODEL_HEADER_ENDPOINTS = frozenset({"v1.PredictOne", "mlflow.Invocations"})
+
+
 def _known_model() -> tuple[str, str]:
-    """Return the model and version labels: only names the registry knows (bounded series)."""
+    """Return the model and version labels of a request: what answered it, else the model
+    and version it names if the registry serves them, else empty (bounded series: a name or
+    version that is not served never becomes a label)."""
     if "model" in g:
         return g.model, g.version
-    name = (request.view_args or {}).get("name")
-    if isinstance(name, str) and name in get_registry().models:
-        return name, str((request.view_args or {}).get("version") or "")
-    return "", ""
+    variables = request.view_args or {}
+    name = variables.get("name")
+    if name is None and request.endpoint in MODEL_HEADER_ENDPOINTS:
+        name = request.headers.get(MODEL_HEADER)
+    model = get_registry().models.get(name) if isinstance(name, str) else None
+    if model is None:
+        return "", ""
+    version = variables.get("version")
+    return model.name, version if isinstance(version, str) and version in model.versions else ""
 
 
 def _stop_in_flight(error: BaseException | None) -> None:

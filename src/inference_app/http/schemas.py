@@ -201,6 +201,13 @@ class ModelSummarySchema(Schema):
     default_version = fields.String(required=True)
     ready = fields.Boolean(required=True)
     task = fields.String(required=True, metadata={"description": "classification or regression"})
+    traffic = fields.Dict(
+        metadata={
+            "description": "The model's traffic.json in force, if it has one: `weights` (percent "
+            "of the requests naming no version, by version), `sticky` (the header whose value "
+            "routes), `shadow`, `shadow_sample` and `shadow_tolerance`."
+        }
+    )
 
 
 class ModelListResponseSchema(Schema):
@@ -244,3 +251,97 @@ class HealthResponseSchema(Schema):
     status = fields.String(required=True)
     message = fields.String()
     models = fields.Dict(keys=fields.String(), values=fields.Boolean())
+
+
+class DriftBinSchema(Schema):
+    """One bin of a feature's training reference, with the rows served into it."""
+
+    label = fields.String(
+        required=True,
+        data_key="bin",
+        metadata={
+            "description": "The `bin` label of its metrics: a histogram bin's index, "
+            "underflow, overflow, a category (or its index), other, unseen or missing."
+        },
+    )
+    lower = fields.Float(
+        allow_none=True,
+        metadata={"description": "Inclusive lower bound, in the feature's unit; null: none."},
+    )
+    upper = fields.Float(
+        allow_none=True,
+        metadata={
+            "description": "Exclusive upper bound (inclusive for the last histogram bin); "
+            "null: none."
+        },
+    )
+    category = fields.Raw(
+        allow_none=True, metadata={"description": "A categorical feature's category."}
+    )
+    rows = fields.Integer(required=True, metadata={"description": "Rows served into it."})
+    observed = fields.Float(
+        allow_none=True,
+        metadata={"description": "Their proportion of the rows counted; null before any."},
+    )
+    reference = fields.Float(
+        required=True, metadata={"description": "The training sample's proportion."}
+    )
+
+
+class DriftFeatureSchema(Schema):
+    """One feature's drift since the server started."""
+
+    name = fields.String(required=True)
+    kind = fields.String(
+        required=True, metadata={"description": "numeric, categorical, text or datetime"}
+    )
+    unit = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The bounds' unit: null (the feature's own), `seconds since "
+            "1970-01-01` (datetimes) or `characters` (texts, binned by length)."
+        },
+    )
+    rows = fields.Integer(required=True, metadata={"description": "Rows counted."})
+    psi = fields.Float(
+        allow_none=True,
+        metadata={
+            "description": "Population stability index against the training reference; "
+            "null before any row."
+        },
+    )
+    passed = fields.Boolean(
+        allow_none=True,
+        metadata={"description": "psi is at most the threshold; null before any row."},
+    )
+    bins = fields.List(fields.Nested(DriftBinSchema), required=True)
+
+
+class UnmonitoredFeatureSchema(Schema):
+    """A feature whose reference cannot be compared with, and why."""
+
+    name = fields.String(required=True)
+    reason = fields.String(required=True)
+
+
+class DriftResponseSchema(Schema):
+    """A model version's drift from its training reference, over every worker's rows."""
+
+    model_name = fields.String(required=True)
+    model_version = fields.String(required=True)
+    threshold = fields.Float(
+        required=True, metadata={"description": "DRIFT_PSI_THRESHOLD: the highest PSI that passes."}
+    )
+    epsilon = fields.Float(
+        required=True,
+        metadata={"description": "The proportion an empty bin counts as in the PSI."},
+    )
+    rows = fields.Integer(
+        required=True, metadata={"description": "Rows counted since the server started."}
+    )
+    passed = fields.Boolean(required=True, metadata={"description": "No feature failed."})
+    drifted = fields.List(
+        fields.String(), required=True, metadata={"description": "The features that failed."}
+    )
+    features = fields.List(fields.Nested(DriftFeatureSchema), required=True)
+    unmonitored = fields.List(fields.Nested(UnmonitoredFeatureSchema), required=True)

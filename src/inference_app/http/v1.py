@@ -17,6 +17,7 @@ from inference_app.http.api import (
     default_model_name,
     get_dataplane,
     get_registry,
+    routing_key,
 )
 from inference_app.http.schemas import (
     ModelListResponseSchema,
@@ -94,7 +95,7 @@ class Predict(MethodView):
         name; choose `method`: predict, predict_proba or decision_function. Without a
         version, the model's highest version answers.
         """
-        response, result = predict(get_dataplane(), name, version, body)
+        response, result = predict(get_dataplane(), name, version, body, routing_key(name, version))
         observe.note_prediction(result)
         return response
 
@@ -135,7 +136,14 @@ class PredictOne(MethodView):
             and "predict_proba" in bundle.manifest.methods
         )
         methods = ("predict", "predict_proba") if confident else (method,)
-        result = _infer(InferenceRequest(model=bundle.name, methods=methods, instances=[row]))
+        result = _infer(
+            InferenceRequest(
+                model=bundle.name,
+                methods=methods,
+                instances=[row],
+                routing_key=routing_key(bundle.name),
+            )
+        )
         response = batch_response(result)
         response["prediction"] = response.pop("predictions")[0]
         if confident:
@@ -172,16 +180,25 @@ def single_row(body: dict[str, Any], bundle: Bundle) -> Any:
 
 
 def predict(
-    dataplane: DataPlane, name: str, version: str | None, body: dict[str, Any]
+    dataplane: DataPlane,
+    name: str,
+    version: str | None,
+    body: dict[str, Any],
+    routing_key: str | None = None,
 ) -> tuple[dict[str, Any], InferenceResult]:
     """Answer a ``:predict`` request loaded by :class:`PredictRequestSchema`: decode its rows,
     infer, encode.
 
+    :param routing_key: the sticky header's value (:attr:`InferenceRequest.routing_key`).
     :returns: the response (before :class:`PredictResponseSchema`) and the result.
     :raises: as :meth:`inference_app.core.dataplane.DataPlane.infer`.
     """
     inference = InferenceRequest(
-        model=name, version=version, methods=(body["method"],), instances=body["instances"]
+        model=name,
+        version=version,
+        methods=(body["method"],),
+        instances=body["instances"],
+        routing_key=routing_key,
     )
     result = dataplane.infer(inference)
     return batch_response(result), result
@@ -211,13 +228,16 @@ def batch_response(result: InferenceResult) -> dict[str, Any]:
 def _summary(name: str) -> dict[str, Any]:
     registry = get_registry()
     model = registry.model(name)
-    return {
+    summary = {
         "name": name,
         "versions": list(model.versions),
         "default_version": model.default_version,
         "ready": registry.model_ready(name),
         "task": model.default.manifest.task,
     }
+    if model.traffic is not None:
+        summary["traffic"] = model.traffic.describe()
+    return summary
 
 
 def _describe(bundle: Bundle) -> tuple[dict[str, Any], int]:

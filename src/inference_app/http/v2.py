@@ -21,6 +21,7 @@ from inference_app.core import tensors
 from inference_app.core.bundle import METHODS, Bundle
 from inference_app.core.dataplane import DataPlane, InferenceRequest, InferenceResult
 from inference_app.core.datatypes import DATATYPES, TENSOR_DATATYPES, of_values
+from inference_app.core.registry import Registry
 from inference_app.http import observe
 from inference_app.http.api import (
     Blueprint,
@@ -28,6 +29,7 @@ from inference_app.http.api import (
     get_dataplane,
     get_registry,
     load_json,
+    routing_key,
 )
 
 #: The header of Triton's binary tensor data extension: the JSON part's length in bytes.
@@ -257,29 +259,7 @@ class ModelMetadata(MethodView):
         input per feature (`BYTES` for strings and ISO 8601 datetimes). One output per
         method.
         """
-        registry = get_registry()
-        bundle = registry.get(name, version)
-        manifest = bundle.manifest
-        if manifest.layout == "matrix":
-            inputs = [
-                {
-                    "name": tensors.MATRIX_INPUT,
-                    "datatype": "FP64",
-                    "shape": [-1, len(manifest.inputs)],
-                }
-            ]
-        else:
-            inputs = [
-                {"name": f.name, "datatype": DATATYPES[f.datatype].wire, "shape": [-1]}
-                for f in manifest.inputs
-            ]
-        return {
-            "name": bundle.name,
-            "versions": list(registry.model(name).versions),
-            "platform": PLATFORM,
-            "inputs": inputs,
-            "outputs": [_output_metadata(bundle, method) for method in manifest.methods],
-        }
+        return model_metadata(get_registry(), name, version)
 
 
 @blp.route("/models/<segment:name>/versions/<segment:version>/ready", endpoint="ModelVersionReady")
@@ -314,17 +294,22 @@ class ModelInfer(MethodView):
         (the default), `predict_proba`, `decision_function`; an output's
         `parameters.classes` labels its columns, as a JSON array in a string.
         """
-        response, result = infer(get_dataplane(), name, version, body)
+        response, result = infer(get_dataplane(), name, version, body, routing_key(name, version))
         observe.note_prediction(result)
         return response
 
 
 def infer(
-    dataplane: DataPlane, name: str, version: str | None, body: dict[str, Any]
+    dataplane: DataPlane,
+    name: str,
+    version: str | None,
+    body: dict[str, Any],
+    routing_key: str | None = None,
 ) -> tuple[dict[str, Any], InferenceResult]:
     """Answer an inference request loaded by :class:`InferRequestSchema`: decode its
     tensors, infer, encode one output per requested method.
 
+    :param routing_key: the sticky header's value (:attr:`InferenceRequest.routing_key`).
     :returns: the response (before :class:`InferResponseSchema`) and the result.
     :raises: as :meth:`inference_app.core.dataplane.DataPlane.infer`.
     """
@@ -333,7 +318,14 @@ def infer(
     rows = tensors.decode_inputs(body["inputs"])
     decoded = time.perf_counter() - started
     result = dataplane.infer(
-        InferenceRequest(model=name, version=version, methods=methods, where="inputs", **rows)
+        InferenceRequest(
+            model=name,
+            version=version,
+            methods=methods,
+            where="inputs",
+            routing_key=routing_key,
+            **rows,
+        )
     )
     result.timings["validate"] += decoded  # decoding the tensors is part of checking them
     outputs = []
@@ -350,6 +342,36 @@ def infer(
     if "id" in body:
         response["id"] = body["id"]
     return response, result
+
+
+def model_metadata(registry: Registry, name: str, version: str | None = None) -> dict[str, Any]:
+    """Return a model's metadata ("Model Metadata Response JSON Object"), the same over REST
+    and gRPC: ``{"name", "versions", "platform", "inputs", "outputs"}``.
+
+    :raises ModelNotFoundError: no such model or version.
+    """
+    bundle = registry.get(name, version)
+    manifest = bundle.manifest
+    if manifest.layout == "matrix":
+        inputs = [
+            {
+                "name": tensors.MATRIX_INPUT,
+                "datatype": "FP64",
+                "shape": [-1, len(manifest.inputs)],
+            }
+        ]
+    else:
+        inputs = [
+            {"name": f.name, "datatype": DATATYPES[f.datatype].wire, "shape": [-1]}
+            for f in manifest.inputs
+        ]
+    return {
+        "name": bundle.name,
+        "versions": list(registry.model(name).versions),
+        "platform": PLATFORM,
+        "inputs": inputs,
+        "outputs": [_output_metadata(bundle, method) for method in manifest.methods],
+    }
 
 
 def _output_metadata(bundle: Bundle, method: str) -> dict[str, Any]:
