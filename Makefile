@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTANCE ?= instance
 
-.PHONY: serve test lint demo bench bench-batch clean
+.PHONY: serve test lint demo bench bench-batch grpc-stubs clean
 
 serve: $(VENV)/.installed demo ## Serve the models in instance/models on 127.0.0.1:8000
 	@echo "Starting Gunicorn; API docs will be at http://$${GUNICORN_BIND:-127.0.0.1:8000}/docs"
@@ -52,6 +52,16 @@ bench-batch: $(VENV)/.installed ## Benchmark batch scoring: score, the floor, HT
 		apt-get update && apt-get install -y --no-install-recommends openjdk-17-jre-headless time; \
 	fi
 	$(BIN)/python bench/batch.py
+
+# The generated modules are checked in. Their messages go in a descriptor pool of their own,
+# not protobuf's default one, so that the package `inference` of the protocol can also be
+# imported from tritonclient's or KServe's generated code in the same process.
+GRPC_PROTO := src/inference_app/grpc/grpc_predict_v2.proto
+grpc-stubs: $(VENV)/.installed-dev ## Regenerate the gRPC modules from $(GRPC_PROTO)
+	cd src && ../$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. \
+		--grpc_python_out=. $(GRPC_PROTO:src/%=%)
+	sed -i 's/_descriptor_pool.Default().AddSerializedFile/_descriptor_pool.DescriptorPool().AddSerializedFile/' \
+		src/inference_app/grpc/grpc_predict_v2_pb2.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

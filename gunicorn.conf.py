@@ -142,7 +142,21 @@ accesslog = os.environ.get("GUNICORN_ACCESSLOG")
 errorlog = _env("GUNICORN_ERRORLOG", "-")
 proc_name = _env("GUNICORN_PROC_NAME", "inference-app")
 
+# gRPC
+#
+#   INFERENCE_APP_GRPC_PORT - Each worker also serves the Open Inference Protocol over gRPC
+#       on this port, on the host of the first bind (8081 when unset; 0: off). The workers
+#       share it (SO_REUSEPORT); gRPC starts in each worker after fork, never in the master.
+#   INFERENCE_APP_GRPC_THREADS - Threads of each worker's gRPC server (default 4).
+
 # Server hooks
+
+
+def on_starting(server):
+    """Refuse a gRPC port another process listens on, before any worker starts."""
+    from inference_app.grpc import lifecycle
+
+    lifecycle.prepare(server)
 
 
 def when_ready(server):
@@ -179,13 +193,33 @@ def post_fork(server, worker):
         server.log.error("worker %s failed to warm up its models, exiting: %s", worker.pid, error)
         raise
     server.log.info("worker %s warmed its models (%s native threads)", worker.pid, share)
+    from inference_app.grpc import lifecycle
+
+    lifecycle.start(server, worker)
+
+
+def worker_int(worker):
+    """On SIGINT or SIGQUIT (a fast stop): stop this worker's gRPC server at once."""
+    from inference_app.grpc import lifecycle
+
+    lifecycle.stop(worker, graceful=False)
+
+
+def worker_exit(server, worker):
+    """Stop this worker's gRPC server, letting its calls finish (on TERM, and on HUP once a
+    new worker listens)."""
+    from inference_app.grpc import lifecycle
+
+    lifecycle.stop(worker)
 
 
 def on_reload(server):
     """On SIGHUP, load and verify the bundles again in the master before new workers fork;
     keep the old models if any bundle is refused."""
     from inference_app import process
+    from inference_app.grpc import lifecycle
 
+    lifecycle.note_reload(server)
     reloaded, message = process.reload(server.app)
     (server.log.info if reloaded else server.log.error)(message)
 
@@ -198,6 +232,9 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    """Remove the metrics folder this server made for itself."""
+    """Remove the metrics folder this server made for itself, and its gRPC state."""
+    from inference_app.grpc import lifecycle
+
+    lifecycle.cleanup()
     if os.environ.get("INFERENCE_APP_OWN_METRICS_DIR"):
         shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -52,7 +52,9 @@ def free_port() -> int:
 def start_gunicorn(instance: Path, log_path: Path, *, workers: int = 2, **settings: str) -> Server:
     """Start ``gunicorn -c gunicorn.conf.py wsgi:app`` from the repository root.
 
-    :param settings: extra environment variables, e.g. ``INFERENCE_APP_MAX_CONTENT_LENGTH``.
+    :param settings: extra environment variables, e.g. ``INFERENCE_APP_MAX_CONTENT_LENGTH``;
+        ``INFERENCE_APP_GRPC_PORT`` (e.g. a :func:`free_port`) serves gRPC, which is off
+        otherwise.
     """
     port = free_port()
     env = {
@@ -60,6 +62,8 @@ def start_gunicorn(instance: Path, log_path: Path, *, workers: int = 2, **settin
         for key, value in os.environ.items()
         if not key.startswith(("GUNICORN_", "INFERENCE_APP_"))
     }
+    # gRPC (on 8081 by default) only where a test asks for it, on a free port.
+    env["INFERENCE_APP_GRPC_PORT"] = "0"
     env.update(
         GUNICORN_BIND=f"127.0.0.1:{port}",
         GUNICORN_WORKERS=str(workers),

@@ -54,6 +54,34 @@ DEFAULTS: dict[str, Any] = {
     "CORS_ORIGINS": [],
     # Write access log lines for probes and /metrics too.
     "LOG_PROBES": False,
+    # The Open Inference Protocol over gRPC (docs/operations.md): each Gunicorn worker serves
+    # it on this port beside HTTP, on the host of Gunicorn's first bind; null (unset) is 8081
+    # under Gunicorn, 0 is off. The app alone (create_app, flask run) never serves gRPC.
+    "GRPC_PORT": None,
+    # Threads of each worker's gRPC server.
+    "GRPC_THREADS": 4,
+    # Drift (docs/operations.md): a feature fails GET /v1/models/<name>/drift when the
+    # population stability index of its served values against the training reference
+    # exceeds this (rule of thumb: below 0.1 stable, above 0.25 a significant shift).
+    "DRIFT_PSI_THRESHOLD": 0.2,
+    # Payload logging (docs/operations.md): each answered inference as a CloudEvents request
+    # and response event. A file path (JSON lines, shared by the workers) or an http(s):// URL
+    # (POSTed in structured mode); null: off.
+    "PAYLOAD_LOG": None,
+    # The fraction of requests logged, 0 to 1 (both events of each logged request).
+    "PAYLOAD_LOG_SAMPLE": 1.0,
+    # Requests waiting per worker for the sender thread; beyond, their events are dropped.
+    "PAYLOAD_LOG_QUEUE_SIZE": 1000,
+    # A file sink is rotated past this many bytes (0: never), keeping this many old files.
+    "PAYLOAD_LOG_MAX_BYTES": 100 * 1024 * 1024,
+    "PAYLOAD_LOG_BACKUPS": 5,
+    # Request headers to log (case-insensitive); none by default, so no API key or
+    # Authorization value is ever logged unless named here.
+    "PAYLOAD_LOG_HEADERS": [],
+    # An HTTP sink's connect and read timeout, and events per POST (1: one event in
+    # application/cloudevents+json; more: application/cloudevents-batch+json arrays).
+    "PAYLOAD_LOG_TIMEOUT_MS": 500,
+    "PAYLOAD_LOG_BATCH_SIZE": 1,
     # flask-smorest: the OpenAPI document and Swagger UI, served from local files.
     "API_TITLE": "inference-app",
     "API_VERSION": "v1",
@@ -93,7 +121,7 @@ def _strings(value: Any) -> bool:
 
 
 #: Settings that take a list, also given as a comma-separated string (as from the env).
-LIST_SETTINGS = ("API_KEYS", "CORS_ORIGINS", "BATCHING")
+LIST_SETTINGS = ("API_KEYS", "CORS_ORIGINS", "BATCHING", "PAYLOAD_LOG_HEADERS")
 
 
 def string_list(value: str | list[str]) -> list[str]:
@@ -113,6 +141,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "UNKNOWN_FEATURES": (lambda value: value in ("reject", "ignore"), "'reject' or 'ignore'"),
     "WARM_UP": (lambda value: value in ("on_load", "post_fork"), "'on_load' or 'post_fork'"),
     "LOG_PROBES": (lambda value: type(value) is bool, "true or false"),
+    "DRIFT_PSI_THRESHOLD": (
+        lambda value: type(value) in (int, float) and 0 < value < float("inf"),
+        "a positive number",
+    ),
     "STRICT_SKLEARN_VERSION": (lambda value: type(value) is bool, "true or false"),
     "AUTH_DOCS": (lambda value: type(value) is bool, "true or false"),
     "API_KEYS": (lambda value: _strings(value), "a list of keys or a comma-separated string"),
@@ -122,6 +154,11 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a non-negative integer (0: no cap)",
     ),
     "MAX_JSON_DEPTH": (_positive_int, "a positive integer"),
+    "GRPC_PORT": (
+        lambda value: value is None or (type(value) is int and 0 <= value <= 65535),
+        "a TCP port (1 to 65535), 0 (off) or null (8081 under Gunicorn)",
+    ),
+    "GRPC_THREADS": (_positive_int, "a positive integer"),
     "BATCHING": (
         lambda value: type(value) is bool or _strings(value),
         "true, false, or a list of model names",
@@ -136,6 +173,29 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda value: _strings(value),
         "a list of origins or a comma-separated string",
     ),
+    "PAYLOAD_LOG": (lambda value: value is None or _text(value), "a file path, a URL or null"),
+    "PAYLOAD_LOG_SAMPLE": (
+        lambda value: type(value) in (int, float) and 0 <= value <= 1,
+        "a fraction from 0 to 1",
+    ),
+    "PAYLOAD_LOG_QUEUE_SIZE": (_positive_int, "a positive integer (requests)"),
+    "PAYLOAD_LOG_MAX_BYTES": (
+        lambda value: type(value) is int and value >= 0,
+        "a non-negative integer (bytes; 0: never rotate)",
+    ),
+    "PAYLOAD_LOG_BACKUPS": (
+        lambda value: type(value) is int and value >= 0,
+        "a non-negative integer (files)",
+    ),
+    "PAYLOAD_LOG_HEADERS": (
+        lambda value: _strings(value),
+        "a list of header names or a comma-separated string",
+    ),
+    "PAYLOAD_LOG_TIMEOUT_MS": (
+        lambda value: type(value) in (int, float) and 0 < value <= 60_000,
+        "a number of milliseconds above 0, at most 60000",
+    ),
+    "PAYLOAD_LOG_BATCH_SIZE": (_positive_int, "a positive integer (events per POST)"),
 }
 
 
