@@ -554,8 +554,11 @@ def _strings(
 ) -> tuple[Any, int]:
     """Check a text or categorical column: strings or ``None`` (a list, its types checked),
     or a pandas string ``Series`` (checked with vectorised string operations)."""
+    known = None
     if isinstance(values, pd.Series):
         lengths = values.str.len().fillna(0).to_numpy(dtype=np.int64)
+        if feature.kind == "categorical":  # Arrow's hash lookup, before leaving Arrow
+            known = (values.isin(list(feature.categories or ())) | values.isna()).to_numpy()
         array = values.to_numpy(dtype=object, na_value=math.nan)
         values = array  # indexable by position, for the message below
     else:
@@ -574,22 +577,27 @@ def _strings(
             {where: {index: {feature.name: [message]}}},
         )
     if feature.kind == "categorical":
-        return _categories(array, feature, where)
+        return _categories(array, feature, where, known)
     if feature.dtype in ("str", "string"):
         return pd.array(array, dtype=feature.dtype), 0
     return array, 0
 
 
-def _categories(array: np.ndarray, feature: Feature, where: str) -> tuple[Any, int]:
+def _categories(
+    array: np.ndarray, feature: Feature, where: str, known: np.ndarray | None = None
+) -> tuple[Any, int]:
     """Check a categorical feature's values against its known categories.
 
+    :param known: where the values are known categories or missing, if already found.
     :returns: the values (a ``pandas.Categorical`` with the training categories for a
         ``category`` column), and how many were unknown and tolerated.
     :raises InvalidInputError: an unknown category where the model's encoder refuses them.
     """
     categories = feature.categories or ()
-    values = pd.Series(array, dtype=object)  # hash lookups in pandas, not per value here
-    strange = np.flatnonzero((~values.isin(list(categories)) & values.notna()).to_numpy())
+    if known is None:
+        values = pd.Series(array, dtype=object)  # hash lookups in pandas, not per value here
+        known = (values.isin(list(categories)) | values.isna()).to_numpy()
+    strange = np.flatnonzero(~known)
     if len(strange) and feature.unknown_categories == "error":
         index = int(strange[0])
         shown = ", ".join(repr(c) for c in categories[:SHOWN_CATEGORIES])
