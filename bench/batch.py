@@ -6,13 +6,17 @@ pipeline with strings and missing values) it writes its demo data tiled to ``BEN
 ``BENCH_REPEATS`` times (default 3), interleaved:
 
 - ``floor``: ``estimator.predict`` on the whole frame, in one process, data already in memory;
+- ``floor command``: the same as a whole process, what a user writes by hand
+  (:data:`FLOOR_SCRIPT`: import, ``joblib.load`` the estimator, read the whole file with
+  pandas, ``predict``, write the predictions to Parquet), from CSV and from Parquet;
 - ``score`` with ``--workers 1`` and ``--workers N`` (the usable CPUs), CSV and Parquet in;
 - ``http``: the same rows POSTed in 1,000-row ``:predict`` requests, 4 at a time, to
   ``gunicorn -c gunicorn.conf.py wsgi:app`` with 2 workers on 127.0.0.1;
 - ``spark``: :func:`inference_app.spark.score_file` in ``local[N]`` mode from Parquet, and the
   start-up of its session alone.
 
-It prints rows/s, the ratio to the floor and, for ``score``, to the floor per core used, and
+It prints rows/s, the ratio to the floor and, for ``score``, to the floor per core used and to
+the floor command from the same format per core used (whole process against whole process), and
 peak RSS of the ``score`` processes for 10,000 rows and for all of them (flat memory). Results
 go to ``bench/results/batch-<timestamp>.json``. Run it as ``make bench-batch``.
 """
@@ -70,6 +74,31 @@ def tiled(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
     """Return ``frame`` repeated to ``rows`` rows."""
     repeats = -(-rows // len(frame))
     return pd.concat([frame] * repeats, ignore_index=True).iloc[:rows]
+
+
+#: The floor as a command: ``python -c FLOOR_SCRIPT MODEL_FILE INPUT OUTPUT``.
+FLOOR_SCRIPT = """
+import sys
+import joblib
+import pandas as pd
+model_file, source, output = sys.argv[1:4]
+estimator = joblib.load(model_file)
+frame = pd.read_parquet(source) if source.endswith(".parquet") else pd.read_csv(source)
+rows = frame if hasattr(estimator, "feature_names_in_") else frame.to_numpy()
+pd.DataFrame({"prediction": estimator.predict(rows)}).to_parquet(output)
+"""
+
+
+def floor_command(instance: Path, name: str, source: Path) -> float:
+    """Run :data:`FLOOR_SCRIPT` on ``source`` and return its seconds."""
+    model_file = instance / "models" / name / "1" / "model.joblib"
+    output = WORK / f"floor-{name}.parquet"
+    command = [sys.executable, "-c", FLOOR_SCRIPT, str(model_file), str(source), str(output)]
+    started = time.perf_counter()
+    subprocess.run(command, check=True)
+    seconds = time.perf_counter() - started
+    output.unlink()
+    return seconds
 
 
 def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
@@ -215,6 +244,8 @@ def main() -> int:
             for _ in range(repeats):
                 times.setdefault("floor", []).append(timed(estimator.predict, model_rows))
                 for kind, source in sources.items():
+                    seconds = floor_command(instance, name, source)
+                    times.setdefault(f"floor command {kind}", []).append(seconds)
                     for workers in sorted({1, cores}):
                         seconds, peak = score_command(instance, name, source, workers)
                         times.setdefault(f"score {kind} w{workers}", []).append(seconds)
@@ -236,6 +267,8 @@ def main() -> int:
                 if label.startswith("score") and "start-up" not in label:
                     used = int(label.rsplit("w", 1)[1])
                     entry["x_floor_per_core"] = floor / seconds / used
+                    command = statistics.median(times[f"floor command {label.split()[1]}"])
+                    entry["x_floor_command_per_core"] = command / seconds / used
                 summary[label] = entry
             results["models"][name] = {"summary": summary, "peak_rss_kib": peaks, "raw": times}
             print_model(name, rows, summary, peaks)
@@ -290,14 +323,18 @@ def spark_times(
 def print_model(name: str, rows: int, summary: dict[str, Any], peaks: dict[str, int]) -> None:
     """Print one model's table."""
     print(f"\n{name}, {rows:,} rows (medians)")
-    print(f"{'what':32} {'seconds':>9} {'rows/s':>12} {'x floor':>8} {'x floor/core':>12}")
+    print(
+        f"{'what':32} {'seconds':>9} {'rows/s':>12} {'x floor':>8} {'x floor/core':>12} "
+        f"{'x command/core':>14}"
+    )
     for label, entry in summary.items():
-        per_core = entry.get("x_floor_per_core")
-        x_floor = entry.get("x_floor")
+        cells = [
+            f"{entry[key]:.2f}x" if entry.get(key) is not None else ""
+            for key in ("x_floor", "x_floor_per_core", "x_floor_command_per_core")
+        ]
         print(
             f"{label:32} {entry['seconds']:9.2f} {entry['rows_per_s'] or 0:12,.0f} "
-            f"{'' if x_floor is None else f'{x_floor:7.2f}x':>8} "
-            f"{'' if per_core is None else f'{per_core:11.2f}x':>12}"
+            f"{cells[0]:>8} {cells[1]:>12} {cells[2]:>14}"
         )
     print("peak RSS of score (MiB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in peaks.items()))
 
