@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,6 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier
 
 from inference_app import create_app
+from inference_app.cli import main
 from inference_app.core.bundle import load_bundle, write_bundle
 from inference_app.core.errors import BundleError, TrafficError
 from inference_app.core.registry import Registry
@@ -35,6 +38,7 @@ from inference_app.demo import load_demo_data, write_demo_bundles
 from inference_app.http.api import EXTENSION
 from inference_app.process import reload
 from servers import (
+    REPO,
     REQUEST_TIMEOUT,
     START_TIMEOUT,
     Server,
@@ -419,6 +423,76 @@ def test_the_model_list_shows_the_traffic_in_force(tmp_path: Path, iris_versions
         "shadow_tolerance": 1e-6,
     }
     assert client.get("/v1/models/iris").get_json()["version"] == "1"
+
+
+def test_the_models_command_shows_the_traffic_and_refuses_a_bad_file(
+    tmp_path: Path, iris_versions: Path, runner: CliRunner
+) -> None:
+    instance = instance_with(
+        tmp_path, iris_versions, {"weights": {"1": 90, "2": 10}, "shadow": "3"}
+    )
+    listed = runner.invoke(main, ["models", "--instance-path", str(instance)])
+
+    assert listed.exit_code == 0, listed.output
+    lines = listed.output.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("serve")] == [
+        "serve   iris 1 (default)",
+        "serve   iris 2",
+        "serve   iris 3",
+    ]
+    assert 'traffic iris: {"weights": {"1": 90.0, "2": 10.0}, "shadow": "3",' in listed.output
+
+    write_traffic(instance, {"weights": {"1": 90, "2": 10}, "shadow": "2"})
+    refused = runner.invoke(main, ["models", "--instance-path", str(instance)])
+    assert refused.exit_code == 1
+    assert "REFUSED iris traffic.json: shadow version '2' also has weight 10" in refused.output
+    assert "a traffic.json is refused; the server will not start" in refused.output
+
+
+def operations_section() -> str:
+    text = (REPO / "docs" / "operations.md").read_text()
+    return text.split("## Canary and shadow versions\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_documented_queries_parse_and_name_real_metrics(
+    tmp_path: Path, iris_versions: Path
+) -> None:
+    [block] = re.findall(r"```promql\n(.*?)```", operations_section(), re.S)
+    queries = [line for line in block.splitlines() if line.strip()]
+    assert len(queries) >= 5
+    rules = {
+        "groups": [
+            {
+                "name": "canary",
+                "rules": [{"record": f"docs:query_{i}", "expr": q} for i, q in enumerate(queries)],
+            }
+        ]
+    }
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps(rules))  # JSON is YAML
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: .ci/run installs Debian's prometheus package"
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    client = app_with(tmp_path, iris_versions, {"weights": {"1": 100}, "shadow": "3"}).test_client()
+    client.post("/v1/models/iris:predict", json={"instances": [ROWS[0].tolist()]})
+    exposed = {
+        sample.name
+        for family in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))
+        for sample in family.samples
+    }
+    named = set(re.findall(r"inference_app_[a-z_]+", block))
+    assert named <= exposed, named - exposed
+
+
+def test_the_documented_example_file_is_accepted(tmp_path: Path, iris_versions: Path) -> None:
+    [example] = re.findall(r"traffic\.json +(\{.*\})", operations_section())
+    app = app_with(tmp_path, iris_versions, example)
+    described = app.test_client().get("/v1/models").get_json()["models"][0]["traffic"]
+    assert described["weights"] == {"1": 90.0, "2": 10.0} and described["shadow"] == "3"
 
 
 class Holder:

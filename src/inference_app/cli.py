@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,15 @@ from flask.cli import AppGroup, FlaskGroup
 from inference_app import __version__, batch, config, create_app
 from inference_app.core.bundle import METHODS, write_bundle
 from inference_app.core.engines import ENGINES
-from inference_app.core.errors import BundleError, InferenceAppError, InvalidInputError
+from inference_app.core.errors import (
+    BundleError,
+    InferenceAppError,
+    InvalidInputError,
+    TrafficError,
+)
 from inference_app.core.registry import discover, find_version
 from inference_app.core.scoring import ON_ERROR
+from inference_app.core.traffic import read_traffic
 from inference_app.logs import one_line
 
 #: The sample formats ``package`` reads, by file extension (lower case).
@@ -216,15 +223,32 @@ def package(
 @main.command("models", with_appcontext=False)
 @instance_option
 def models(instance_path: Path) -> None:
-    """List the bundles that would be served, and why any is refused."""
+    """List the bundles that would be served, each model's traffic.json, and why any is
+    refused."""
     app = _configured(instance_path)
     models_dir = config.models_dir(app)
     found = discover(models_dir, strict_sklearn_version=app.config["STRICT_SKLEARN_VERSION"])
     if not found:
         click.echo(f"no bundles under {models_dir}")
         return
-    # discover sorts each model's versions lowest first: the last one is the default.
+    # discover sorts each model's versions lowest first: the last one is the default, unless
+    # a traffic.json gives another version the largest weight.
     highest = {item.name: item.version for item in found}
+    loaded: dict[str, list[str]] = {}
+    for item in found:
+        if item.bundle is not None:
+            loaded.setdefault(item.name, []).append(item.version)
+    routed: dict[str, str] = {}
+    refused_traffic: list[str] = []
+    for name, versions in loaded.items():
+        try:
+            traffic = read_traffic(models_dir / name, versions)
+        except TrafficError as error:
+            refused_traffic += [f"REFUSED {name} {one_line(why)}" for why in error.by_model[name]]
+            continue
+        if traffic is not None:
+            highest[name] = traffic.default_version
+            routed[name] = f"traffic {name}: {json.dumps(traffic.describe())}"
     for item in found:
         if item.bundle is None:
             click.echo(f"REFUSED {item.name} {item.version}: {one_line(str(item.error))}")
@@ -237,8 +261,12 @@ def models(instance_path: Path) -> None:
         )
         for warning in item.bundle.warnings:
             click.echo(f"        warning: {warning}")
+    for line in [*routed.values(), *refused_traffic]:
+        click.echo(line)
     if any(item.bundle is None for item in found):
         raise click.ClickException("some bundles are refused; the server will not start")
+    if refused_traffic:
+        raise click.ClickException("a traffic.json is refused; the server will not start")
 
 
 @main.command("score", with_appcontext=False)
