@@ -446,8 +446,16 @@ class PayloadLog:
             self._pid = os.getpid()
 
     def _run(self) -> None:
-        """Take queued requests in groups, encode and deliver their events, until stopped."""
+        """Take queued requests in groups, encode and deliver their events, until stopped.
+
+        After a failed delivery it waits out the backoff before taking the next group, so
+        the requests wait in the queue (counted as ``shutdown`` if the process exits first)
+        and those beyond it are dropped as ``queue_full`` at no cost to the requests.
+        """
         while True:
+            wait = self._retry_at - time.monotonic()
+            if wait > 0:
+                self._stop.wait(wait)  # cut short by close(): one last try
             item = self._queue.get()
             stopping = item is None
             batch = [] if item is None else [item]
@@ -476,15 +484,15 @@ class PayloadLog:
         return events
 
     def _deliver(self, events: list[bytes]) -> None:
+        """Send the events group by group; on the first failure, drop the rest of them
+        (``sink_error``) and back off: :data:`MIN_BACKOFF` seconds, doubled after each
+        failure in a row up to :data:`MAX_BACKOFF`."""
+        delivered = 0
         for chunk in self.sink.chunks(events):
-            wait = self._retry_at - time.monotonic()
-            if wait > 0 and self._stop.wait(wait):
-                self._dropped["shutdown"].inc(len(chunk))  # exiting while the sink is down
-                continue
             try:
                 self.sink.send(chunk)
             except (OSError, http.client.HTTPException) as error:
-                self._dropped["sink_error"].inc(len(chunk))
+                self._dropped["sink_error"].inc(len(events) - delivered)
                 self._backoff = min(max(2 * self._backoff, MIN_BACKOFF), MAX_BACKOFF)
                 self._retry_at = time.monotonic() + self._backoff
                 if not self._failing:
@@ -496,7 +504,8 @@ class PayloadLog:
                         type(error).__name__,
                         error,
                     )
-                continue
+                return
+            delivered += len(chunk)
             metrics.PAYLOAD_SENT.inc(len(chunk))
             if self._failing:
                 self._failing = False
