@@ -70,11 +70,11 @@ def as_user(send: Send, user: str) -> str:
     return version
 
 
-def check_bounded(send: Send, scrape: Callable[[], str]) -> None:
+def check_bounded(send: Send, scrape: Callable[[], str]) -> str:
     """Send each unserved request once (its route's bounded series appear), predict as users
     until both versions answered, scrape twice (the scrape's own series appear); then send
     them all with 20 other names and users: the set of series must not change, and no name
-    or user sent may appear in a label."""
+    or user sent may appear in a label. Return the last exposition."""
     send_unserved(send, "zzz-first")
     seen = {as_user(send, "zzz-user-first")}
     for i in range(100):
@@ -90,12 +90,7 @@ def check_bounded(send: Send, scrape: Callable[[], str]) -> None:
     text = scrape()
     assert series(text) - before == set()
     assert "zzz" not in text
-    version_labels = {
-        dict(labels).get("version")
-        for _, labels in series(text)
-        if dict(labels).get("model") == "iris"
-    }
-    assert version_labels <= {"", "1", "2"}, version_labels
+    return text
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +114,26 @@ def test_unserved_versions_and_models_add_no_series_in_process(instance: Path) -
         return response.status_code, response.get_data(as_text=True)
 
     check_bounded(send, lambda: client.get("/metrics").get_data(as_text=True))
+
+
+def test_routes_taking_the_model_from_a_header_label_only_served_models(instance: Path) -> None:
+    client: FlaskClient = create_app({"TESTING": True}, instance_path=instance).test_client()
+    bad_row = [1, "x", 2, 3]
+    for path, body in (
+        ("/predict", {"instance": bad_row}),
+        ("/invocations", {"instances": [bad_row]}),
+    ):
+        for name in ("iris", "not-served"):
+            answer = client.post(path, json=body, headers={"X-Model-Name": name})
+            assert answer.status_code in (400, 404, 422), answer.get_data(as_text=True)
+    labels = [
+        dict(labels)
+        for name, labels in series(client.get("/metrics").get_data(as_text=True))
+        if name == "inference_app_requests_total"
+    ]
+    for route in ("/predict", "/invocations"):
+        models = {found["model"] for found in labels if found["route"] == route}
+        assert {"iris", ""} <= models and "not-served" not in models, (route, models)
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +160,13 @@ def test_unserved_versions_and_models_add_no_series_under_gunicorn(server: Serve
         )
         return response.status_code, response.text
 
-    check_bounded(send, lambda: scrape(server))
+    text = check_bounded(send, lambda: scrape(server))
+    version_labels = {
+        dict(labels).get("version")
+        for _, labels in series(text)
+        if dict(labels).get("model") == "iris"
+    }
+    assert version_labels == {"", "1", "2"}, version_labels
 
 
 @pytest.mark.e2e

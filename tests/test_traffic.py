@@ -313,6 +313,19 @@ def test_every_protocol_routes_by_the_sticky_header_and_says_which_version(
     assert seen == {"1", "2"}
 
 
+def request_counts(client: FlaskClient) -> Counter[tuple[str, str]]:
+    """Return ``inference_app_requests_total`` of iris's 2xx answers by (route, version)."""
+    found: Counter[tuple[str, str]] = Counter()
+    text = client.get("/metrics").get_data(as_text=True)
+    for family in text_string_to_metric_families(text):
+        if family.name == "inference_app_requests":
+            for sample in family.samples:
+                labels = sample.labels
+                if labels["model"] == "iris" and labels["status_class"] == "2xx":
+                    found[labels["route"], labels["version"]] += int(sample.value)
+    return found
+
+
 def test_metrics_and_access_lines_carry_the_routed_version(
     tmp_path: Path, iris_versions: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -321,17 +334,37 @@ def test_metrics_and_access_lines_carry_the_routed_version(
     traffic = app.extensions[EXTENSION].registry.traffic("iris")
     assert traffic is not None
     users = [f"label-{i}" for i in range(40)]
+    routes = {  # the fast path, and three Flask routes
+        "/v1/models/<name>:predict": ("/v1/models/iris:predict", {"instances": [list(ROWS[0])]}),
+        "/predict": ("/predict", {"instance": list(ROWS[0])}),
+        "/invocations": ("/invocations", {"instances": [list(ROWS[0])]}),
+        "/v2/models/<name>/infer": (
+            "/v2/models/iris/infer",
+            {
+                "inputs": [
+                    {"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": list(ROWS[0])}
+                ]
+            },
+        ),
+    }
+    before = request_counts(client)
     with caplog.at_level("INFO", logger="inference_app.access"):
-        for user in users:
-            client.post(
-                "/v1/models/iris:predict",
-                json={"instances": [list(ROWS[0])]},
-                headers={"X-User-ID": user, "X-Request-ID": user},
-            )
+        for route, (path, body) in routes.items():
+            for user in users:
+                headers = {"X-User-ID": user, "X-Request-ID": f"{route}-{user}"}
+                answer = client.post(path, json=body, headers={**headers, "X-Model-Name": "iris"})
+                assert answer.status_code == 200
+    after = request_counts(client)
     by_id = {
         record.request_id: record for record in caplog.records if hasattr(record, "request_id")
     }
-    assert {user: by_id[user].version for user in users} == {u: traffic.pick(u) for u in users}
+    expected = {user: traffic.pick(user) for user in users}
+    on_2 = sum(version == "2" for version in expected.values())
+    assert 0 < on_2 < len(users)
+    for route in routes:
+        assert {user: by_id[f"{route}-{user}"].version for user in users} == expected, route
+        assert after[route, "2"] - before[route, "2"] == on_2, route
+        assert after[route, "1"] - before[route, "1"] == len(users) - on_2, route
 
 
 def test_shadow_disagreements_are_counted_exactly_and_never_change_the_answer(
