@@ -60,6 +60,10 @@ DEFAULTS: dict[str, Any] = {
     "GRPC_PORT": None,
     # Threads of each worker's gRPC server.
     "GRPC_THREADS": 4,
+    # Seconds after which a gRPC connection is ended gracefully (GOAWAY), so clients
+    # reconnect and spread again among the workers; a worker stopping on HUP hands its
+    # clients over to the new workers within about this long.
+    "GRPC_MAX_CONNECTION_AGE_S": 5.0,
     # Drift (docs/operations.md): a feature fails GET /v1/models/<name>/drift when the
     # population stability index of its served values against the training reference
     # exceeds this (rule of thumb: below 0.1 stable, above 0.25 a significant shift).
@@ -159,6 +163,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a TCP port (1 to 65535), 0 (off) or null (8081 under Gunicorn)",
     ),
     "GRPC_THREADS": (_positive_int, "a positive integer"),
+    "GRPC_MAX_CONNECTION_AGE_S": (
+        lambda value: type(value) in (int, float) and 0 < value <= 3600,
+        "a number of seconds above 0, at most 3600",
+    ),
     "BATCHING": (
         lambda value: type(value) is bool or _strings(value),
         "true, false, or a list of model names",

@@ -11,7 +11,7 @@ from typing import Any
 from flask import Flask
 from threadpoolctl import threadpool_limits
 
-from inference_app import metrics
+from inference_app import metrics, monitoring
 from inference_app.http.api import EXTENSION, Services
 
 #: Environment variables read by native thread pools that start after the cap is set.
@@ -66,6 +66,7 @@ def warm_up(app: Flask) -> None:
     services: Services = app.extensions[EXTENSION]
     services.dataplane.warm_up()
     metrics.record_served(services.registry)
+    monitoring.record_reference(app, services.registry)
 
 
 def reload(holder: Any) -> tuple[bool, str]:

@@ -465,7 +465,8 @@ def _histogram(column: pd.Series, feature: Feature) -> dict[str, Any] | None:
             "missing": missing,
         }
     if feature.kind == "datetime":
-        values = pd.to_datetime(present).astype("int64").to_numpy() / 1e9
+        # microseconds whatever the column's unit (s, ms, us, ns), UTC for a zoned column
+        values = pd.to_datetime(present).to_numpy(dtype="datetime64[us]").astype(np.int64) / 1e6
         unit = {"unit": "seconds since 1970-01-01"}
     else:
         values = present.to_numpy(dtype=np.float64)
