@@ -181,6 +181,19 @@ def collect() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
+def merged_counters(path: str | os.PathLike[str] | None = None) -> list[Metric]:
+    """Return the counters of every process, live or exited, merged as a scrape merges them
+    (reading only the counter files, while no dead worker is folded).
+
+    :param path: the metrics folder; default ``$PROMETHEUS_MULTIPROC_DIR``.
+    :raises KeyError: no folder is given and ``PROMETHEUS_MULTIPROC_DIR`` is unset.
+    """
+    folder = os.fspath(path or os.environ[MULTIPROC_ENV])
+    with _locked(folder, fcntl.LOCK_SH):
+        files = glob.glob(os.path.join(folder, "counter_*.db"))
+        return list(multiprocess.MultiProcessCollector.merge(files, accumulate=True))
+
+
 def record_batch(requests: int, rows: int) -> None:
     """Observe one merged estimator call of ``requests`` requests and ``rows`` rows."""
     BATCH_REQUESTS.observe(requests)

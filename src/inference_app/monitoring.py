@@ -145,7 +145,7 @@ def served_counts(model: str, version: str) -> dict[tuple[str, str], float]:
     server started, merged over every worker, live or exited."""
     families: Iterable[Metric]
     if os.environ.get(metrics.MULTIPROC_ENV):
-        families = metrics.multiprocess_registry().collect()
+        families = metrics.merged_counters()
     else:
         families = metrics.DRIFT_ROWS.collect()
     counts: dict[tuple[str, str], float] = defaultdict(float)
