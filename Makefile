@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTANCE ?= instance
 
-.PHONY: serve test lint demo bench bench-batch grpc-stubs clean
+.PHONY: serve test lint demo bench bench-batch bench-payload grpc-stubs kserve-client clean
 
 serve: $(VENV)/.installed demo ## Serve the models in instance/models on 127.0.0.1:8000
 	@echo "Starting Gunicorn; API docs will be at http://$${GUNICORN_BIND:-127.0.0.1:8000}/docs"
@@ -16,7 +16,7 @@ demo: $(VENV)/.installed ## Write the demo bundles if instance/models holds none
 		$(BIN)/inference-app init-demo --instance-path $(INSTANCE); \
 	fi
 
-test: $(VENV)/.installed-dev ## Run lint, type checks and the test suite
+test: $(VENV)/.installed-dev $(KSERVE_VENV)/.installed ## Run lint, type checks and the test suite
 	$(BIN)/ruff check .
 	$(BIN)/mypy --strict src
 	$(BIN)/pytest
@@ -26,6 +26,16 @@ lint: $(VENV)/.installed-dev ## ruff, mypy, bandit, and pip-audit where advisori
 	$(BIN)/mypy --strict src
 	$(BIN)/bandit -q -r src
 	$(BIN)/python scripts/audit.py
+
+# KServe's Python SDK, whose InferenceGRPCClient a test runs against the server, pins pandas
+# below 3 (and FastAPI, psutil...): it gets a virtualenv of its own rather than this one's pins.
+KSERVE_VENV := .venv-kserve
+KSERVE_VERSION ?= 0.21.0
+kserve-client: $(KSERVE_VENV)/.installed ## Install KServe's SDK in .venv-kserve for the gRPC tests
+$(KSERVE_VENV)/.installed:
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install -q 'kserve==$(KSERVE_VERSION)'
+	touch $@
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +63,12 @@ bench-batch: $(VENV)/.installed ## Benchmark batch scoring: score, the floor, HT
 	fi
 	$(BIN)/python bench/batch.py
 
+bench-payload: $(VENV)/.installed ## Benchmark payload logging: off, a file, a stalled and a down sink (bench/README.md)
+	@if ! command -v wrk >/dev/null 2>&1; then \
+		apt-get update && apt-get install -y wrk; \
+	fi
+	$(BIN)/python bench/payload.py
+
 # The generated modules are checked in. Their messages go in a descriptor pool of their own,
 # not protobuf's default one, so that the package `inference` of the protocol can also be
 # imported from tritonclient's or KServe's generated code in the same process.
@@ -64,4 +80,4 @@ grpc-stubs: $(VENV)/.installed-dev ## Regenerate the gRPC modules from $(GRPC_PR
 		src/inference_app/grpc/grpc_predict_v2_pb2.py
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(KSERVE_VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

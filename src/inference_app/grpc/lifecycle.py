@@ -123,10 +123,19 @@ def start(server: Any, worker: Any) -> None:
     port = port_of(app.config)
     if not port:
         return
+    # gRPC core's own log lines are not JSON; its errors reach the app as exceptions and
+    # statuses. GRPC_VERBOSITY=ERROR shows them.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     from inference_app.grpc import service  # after fork only: gRPC is not fork-safe
 
     host = host_of(server.cfg.bind)
-    _running = service.serve(app, port, host=host, threads=int(app.config["GRPC_THREADS"]))
+    _running = service.serve(
+        app,
+        port,
+        host=host,
+        threads=int(app.config["GRPC_THREADS"]),
+        max_connection_age=float(app.config["GRPC_MAX_CONNECTION_AGE_S"]),
+    )
     folder = os.environ.get(STATE_ENV)
     if folder:
         _ready_file = Path(folder) / f"{worker.age}.{os.getpid()}"
@@ -139,7 +148,8 @@ def stop(worker: Any, graceful: bool = True) -> None:
     its gRPC server, if it runs one; nothing in any other process.
 
     Gracefully, within Gunicorn's ``graceful_timeout`` less a second: during a reload, wait
-    for a new worker's listener first; then let the calls under way finish.
+    for a new worker's listener, then hand the clients over to it
+    (:meth:`~inference_app.grpc.service.Running.drain`); then let the calls under way finish.
     """
     global _running, _ready_file
     running = _running
@@ -157,6 +167,8 @@ def stop(worker: Any, graceful: bool = True) -> None:
     if replaced is not None:
         while time.monotonic() < deadline and not _newer_listener(replaced):
             time.sleep(POLL_INTERVAL)
+        if _newer_listener(replaced):
+            running.drain(deadline)
     finished = running.stop(max(0.0, deadline - time.monotonic()))
     if not finished:
         worker.log.warning("worker %s stopped gRPC with calls unfinished", os.getpid())

@@ -18,7 +18,9 @@ access line, and the payload log. Inference goes through :meth:`DataPlane.infer
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -381,11 +383,34 @@ def _peer_address(peer: str) -> str | None:
 
 @dataclass
 class Running:
-    """A started gRPC server: stop it with :meth:`stop`."""
+    """A started gRPC server: stop it with :meth:`stop`, or hand its clients over to the
+    other listeners of its port first with :meth:`drain`."""
 
     server: grpc.Server
     health: health.HealthServicer
     port: int
+
+    def drain(self, deadline: float) -> int:
+        """Leave the port to the other processes listening on it, and wait until this
+        server's clients have moved there, or until ``deadline`` (``time.monotonic()``).
+
+        The listening socket is shut down (``shutdown(2)`` takes it out of the port's
+        ``SO_REUSEPORT`` group: new connections go to the other listeners, and gRPC closes
+        its acceptor). The connections it accepted keep working until their maximum age
+        (``GRPC_MAX_CONNECTION_AGE_S``), when gRPC ends each gracefully: an HTTP/2 ``GOAWAY``
+        once the calls under way are answered, so the client sends its next calls over a new
+        connection, to another listener. A :meth:`stop` at once would refuse the calls that
+        had arrived but not started (``CANCELLED``).
+
+        :returns: the connections still open at the end.
+        """
+        self.health.enter_graceful_shutdown()
+        for fd in _sockets_on(self.port, LISTEN):
+            with socket.socket(fileno=os.dup(fd)) as listener:
+                listener.shutdown(socket.SHUT_RD)
+        while _sockets_on(self.port, ESTABLISHED) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return len(_sockets_on(self.port, ESTABLISHED))
 
     def stop(self, grace: float | None) -> bool:
         """Stop taking calls, tell health checks ``NOT_SERVING``, and let the calls under
@@ -398,7 +423,43 @@ class Running:
         return done.wait((grace or 0) + 1.0)
 
 
-def serve(app: Flask, port: int, *, host: str = "127.0.0.1", threads: int = 4) -> Running:
+#: TCP states in ``/proc/net/tcp`` (``include/net/tcp_states.h``).
+ESTABLISHED, LISTEN = "01", "0A"
+
+
+def _sockets_on(port: int, state: str) -> list[int]:
+    """Return the file descriptors of this process's TCP sockets whose local port is
+    ``port``, in ``state``, from ``/proc/self/fd`` and ``/proc/net/tcp{,6}`` (proc(5))."""
+    inodes: dict[int, int] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # closed meanwhile
+            continue
+        if link.startswith("socket:["):
+            inodes[int(link[8:-1])] = int(name)
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table, encoding="ascii").read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, status, inode = fields[1], fields[3], int(fields[9])
+            if status == state and int(local.rsplit(":", 1)[1], 16) == port and inode in inodes:
+                found.append(inodes[inode])
+    return found
+
+
+def serve(
+    app: Flask,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    threads: int = 4,
+    max_connection_age: float = 5.0,
+) -> Running:
     """Start serving the GRPCInferenceService and the health service of ``app`` on
     ``host:port`` in this process, with ``threads`` threads.
 
@@ -409,6 +470,9 @@ def serve(app: Flask, port: int, *, host: str = "127.0.0.1", threads: int = 4) -
     ready (the readiness of ``/health/ready``), else ``NOT_SERVING``.
 
     :param port: the TCP port; 0 picks a free one (see :attr:`Running.port`).
+    :param max_connection_age: seconds after which gRPC ends a connection gracefully (plus or
+        minus 10 %): clients reconnect, so connections spread again among the workers, and
+        a worker that stops can hand its clients over (:meth:`Running.drain`).
     :raises RuntimeError: the port cannot be opened.
     """
     server = grpc.server(
@@ -418,6 +482,7 @@ def serve(app: Flask, port: int, *, host: str = "127.0.0.1", threads: int = 4) -
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", int(app.config["MAX_CONTENT_LENGTH"])),
             ("grpc.max_send_message_length", -1),
+            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
         ],
     )
     checks = health.HealthServicer()
