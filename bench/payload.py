@@ -284,9 +284,155 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def measure_inprocess(config: dict[str, Any]) -> dict[str, Any]:
+    """CPU time per request of each sink in this process, through the app's WSGI callable
+    (the fast path, as Gunicorn calls it; no sockets, no wrk), the sender thread included.
+
+    One app per sink; each round answers ``BENCH_REQUESTS`` requests per scenario with each
+    sink in turn (in reverse order on even rounds) and waits until a delivering sink has
+    sent their events, so its sender's CPU counts in its own round. CPU time is the whole
+    process's (``time.process_time``): other work on the machine does not change it.
+    """
+    import io
+    import time
+
+    from inference_app import create_app, metrics, payload, process
+    from inference_app.demo import write_demo_bundles
+
+    process.cap_threads(1)  # as a Gunicorn worker of this server on its share of 2 CPUs
+
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    instance = WORK / "instance"
+    write_demo_bundles(
+        instance / "models", names=["iris", "penguins"], cache_dir=run.WORK / "cache"
+    )
+    sinks, requests = config["sinks"], config["requests"]
+    rows: list[dict[str, Any]] = []
+    with stalled_sink() as stalled, _maybe_receiver(sinks) as healthy:
+        urls = {"stalled": stalled, "down": f"http://127.0.0.1:{run.free_port()}/"}
+        if healthy:
+            urls["http"] = healthy
+        apps, logs = {}, {}
+        for sink in sinks:
+            settings = {
+                key.removeprefix("INFERENCE_APP_"): value
+                for key, value in sink_env(sink, urls).items()
+                if key.startswith("INFERENCE_APP_")
+            }
+            for key in ("PAYLOAD_LOG_MAX_BYTES", "PAYLOAD_LOG_BATCH_SIZE", "PAYLOAD_LOG_BACKUPS"):
+                if key in settings:
+                    settings[key] = int(settings[key])
+            apps[sink] = create_app(settings, instance_path=instance)
+            logs[sink] = payload.current()
+        bodies = {}
+        for name in config["scenarios"]:
+            model, count, start = run.SCENARIOS[name]
+            bodies[name] = (
+                model,
+                run.request_body(run.scenario_rows(model, count, start)).encode(),
+            )
+
+        def answer(app: Any, model: str, body: bytes) -> None:
+            environ = {
+                "REQUEST_METHOD": "POST",
+                "PATH_INFO": f"/v1/models/{model}:predict",
+                "CONTENT_TYPE": "application/json",
+                "CONTENT_LENGTH": str(len(body)),
+                "wsgi.input": io.BytesIO(body),
+                "SERVER_NAME": "127.0.0.1",
+                "SERVER_PORT": "80",
+                "wsgi.url_scheme": "http",
+            }
+            status: list[str] = []
+            b"".join(app.wsgi_app(environ, lambda code, headers: status.append(code)))
+            if status != ["200 OK"]:
+                raise run.BenchError(f"{model}: {status}")
+
+        def sent() -> float:
+            return float(metrics.PAYLOAD_SENT._value.get())
+
+        for round_ in range(1, config["repeats"] + 1):
+            order = sinks if round_ % 2 else list(reversed(sinks))
+            for scenario, (model, body) in bodies.items():
+                for sink in order:
+                    payload.install(logs[sink])
+                    before = sent()
+                    cpu, wall = time.process_time(), time.perf_counter()
+                    for _ in range(requests):
+                        answer(apps[sink], model, body)
+                    if sink in ("file", "http", "http_batch"):
+                        expected = before + 2 * requests
+                        if not run.wait_until(lambda e=expected: sent() >= e, 60, interval=0.001):
+                            raise run.BenchError(f"{sink}: events not delivered in 60 s")
+                    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+                    rows.append(
+                        {
+                            "sink": sink,
+                            "scenario": scenario,
+                            "repeat": round_,
+                            "cpu_us": cpu / requests * 1e6,
+                            "wall_us": wall / requests * 1e6,
+                        }
+                    )
+                    print(
+                        f"round {round_} {scenario} {sink:<10} "
+                        f"{rows[-1]['cpu_us']:.0f} us CPU per request",
+                        flush=True,
+                    )
+        payload.install(None)
+    summary = []
+    for scenario in bodies:
+        cell = [r for r in rows if r["scenario"] == scenario]
+        off = {r["repeat"]: r["cpu_us"] for r in cell if r["sink"] == "off"}
+        for sink in sinks:
+            mine = [r for r in cell if r["sink"] == sink]
+            ratios = [off[r["repeat"]] / r["cpu_us"] for r in mine if r["repeat"] in off]
+            summary.append(
+                {
+                    "scenario": scenario,
+                    "sink": sink,
+                    "cpu_us": statistics.median(r["cpu_us"] for r in mine),
+                    "wall_us": statistics.median(r["wall_us"] for r in mine),
+                    "vs_off": statistics.median(ratios) if ratios else None,
+                }
+            )
+    return {"runs": rows, "summary": summary}
+
+
+def report_inprocess(result: dict[str, Any]) -> str:
+    """Return the Markdown table of :func:`measure_inprocess`."""
+    lines = [
+        "| scenario | sink | CPU us per request | x off (off's CPU / this) | wall us |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for row in result["summary"]:
+        ratio = "-" if row["vs_off"] is None else f"{row['vs_off']:.2f}"
+        lines.append(
+            f"| {row['scenario']} | {row['sink']} | {row['cpu_us']:.0f} | {ratio} | "
+            f"{row['wall_us']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     if sys.argv[1:2] == ["--receive"]:
         ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Receiver).serve_forever()
+        return 0
+    if sys.argv[1:2] == ["--inprocess"]:
+        config = settings()
+        config["requests"] = int(os.environ.get("BENCH_REQUESTS", "2000"))
+        machine = run.machine()
+        print(f"payload logging, in process: {config}")
+        result = measure_inprocess(config)
+        machine["load_average_at_end"] = list(os.getloadavg())
+        print(report_inprocess(result))
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        path = run.RESULTS / f"payload-inprocess-{stamp}.json"
+        path.write_text(json.dumps({"settings": config, "machine": machine, **result}, indent=1))
+        print(f"\nraw results: {path.relative_to(run.REPO)}")
+        for events in WORK.glob("events.jsonl*"):
+            events.unlink()
         return 0
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench-payload does)")

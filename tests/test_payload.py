@@ -587,8 +587,10 @@ def test_typed_columns_are_json_native() -> None:
             "value": [1.5, float("nan")],
         }
     )
-    as_json = {name: payload._series(frame[name]) for name in frame.columns}
-    written = json.loads(payload.orjson.dumps(as_json, option=payload.JSON_OPTIONS))
+    found = payload.columns(list(frame.columns), frame)
+    written = json.loads(
+        payload.orjson.dumps(found, option=payload.JSON_OPTIONS, default=payload._json_default)
+    )
     assert written == {
         "when": ["2024-01-01T10:00:00", None],
         "kind": ["a", None],
