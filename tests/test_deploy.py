@@ -32,6 +32,7 @@ DOCKERIGNORE = REPO / ".dockerignore"
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
 KUBERNETES = REPO / "deploy" / "kubernetes"
 KSERVE = REPO / "deploy" / "kserve" / "inferenceservice.yaml"
+KSERVE_GRPC = REPO / "deploy" / "kserve" / "inferenceservice-grpc.yaml"
 NGINX_CONF = REPO / "deploy" / "nginx" / "inference-app.conf"
 #: Kubernetes releases whose schemas the manifests must pass, strictly (unknown fields refused).
 K8S_VERSIONS = ("1.30", "1.37")
@@ -452,24 +453,27 @@ def test_manifests_cover_the_deployment() -> None:
 
 
 def test_probes_use_the_health_routes_on_the_served_port() -> None:
-    """Startup and readiness ask /health/ready, liveness /health/live, on the port Gunicorn
-    binds, which the image exposes and the Service targets."""
+    """Startup asks /health/ready, liveness /health/live, on the port Gunicorn binds, which the
+    image exposes and the Service targets; readiness asks the gRPC health service on the gRPC
+    port, which the Service targets too."""
     deployment = manifest("Deployment")
     container = server_container(deployment)
     port = port_of(env_of(container)["GUNICORN_BIND"])
-    expected = {
-        "startupProbe": "/health/ready",
-        "readinessProbe": "/health/ready",
-        "livenessProbe": "/health/live",
-    }
+    expected = {"startupProbe": "/health/ready", "livenessProbe": "/health/live"}
     for probe, path in expected.items():
         http_get = container[probe]["httpGet"]
         assert http_get["path"] == path, probe
         assert container_port(container, http_get["port"]) == port, probe
     assert port == port_of(final_stage().env()["GUNICORN_BIND"])
     assert [int(args.split("/")[0]) for args in final_stage().all("EXPOSE")] == [port]
-    (service_port,) = manifest("Service")["spec"]["ports"]
-    assert container_port(container, service_port["targetPort"]) == port
+    grpc_port = int(env_of(container)["INFERENCE_APP_GRPC_PORT"])
+    assert container["readinessProbe"]["grpc"] == {"port": grpc_port}
+    assert container_port(container, "grpc") == grpc_port
+    ports = {item["name"]: item for item in manifest("Service")["spec"]["ports"]}
+    assert ports.keys() == {"http", "grpc"}
+    assert container_port(container, ports["http"]["targetPort"]) == port
+    assert container_port(container, ports["grpc"]["targetPort"]) == grpc_port
+    assert ports["grpc"]["appProtocol"] == "kubernetes.io/h2c"
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert annotations["prometheus.io/path"] == "/metrics"
@@ -585,6 +589,25 @@ def test_kserve_inference_service_is_a_v2_custom_predictor() -> None:
     assert int(annotations["prometheus.kserve.io/port"]) == port["containerPort"]
 
 
+def test_kserve_grpc_inference_service_routes_the_grpc_port() -> None:
+    """The gRPC InferenceService exposes one port, named h2c (Knative's HTTP/2 without TLS),
+    where the server serves gRPC, and probes the gRPC health service there."""
+    service = load(KSERVE_GRPC)
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1"
+    assert service["kind"] == "InferenceService"
+    assert service["metadata"]["name"] != load(KSERVE)["metadata"]["name"]
+    (container,) = service["spec"]["predictor"]["containers"]
+    assert container["name"] == "kserve-container"
+    assert container["image"] == server_container(manifest("Deployment"))["image"]
+    (port,) = container["ports"]
+    env = env_of(container)
+    assert port["name"] == "h2c" and port["containerPort"] == int(env["INFERENCE_APP_GRPC_PORT"])
+    assert container["readinessProbe"]["grpc"] == {"port": port["containerPort"]}
+    assert port_of(env["GUNICORN_BIND"]) != port["containerPort"]
+    assert env["GUNICORN_BIND"].startswith("0.0.0.0:")  # gRPC listens on the bind's host
+    assert "INFERENCE_APP_DEFAULT_MODEL" in env
+
+
 def test_mounted_models_come_with_their_default_model() -> None:
     """Where models replace the image's, the default model is set too: the image's
     instance/config.py names a demo model, and naming a model that is not loaded stops the
@@ -617,11 +640,12 @@ KSERVE_COMPONENT_FIELDS = {
 }
 
 
+@pytest.mark.parametrize("path", [KSERVE, KSERVE_GRPC], ids=lambda path: path.name)
 @pytest.mark.parametrize("version", K8S_VERSIONS)
-def test_kserve_predictor_pod_matches_the_kubernetes_schema(version: str) -> None:
+def test_kserve_predictor_pod_matches_the_kubernetes_schema(version: str, path: Path) -> None:
     """The predictor's pod fields (KServe inlines a PodSpec) pass the core Pod schema, strictly:
     a field KServe does not know, such as a misplaced protocolVersion, fails."""
-    predictor = load(KSERVE)["spec"]["predictor"]
+    predictor = load(path)["spec"]["predictor"]
     pod_spec = {
         key: value for key, value in predictor.items() if key not in KSERVE_COMPONENT_FIELDS
     }

@@ -121,6 +121,12 @@ def triton(served: GrpcServer) -> Iterator[Any]:
         client.close()
 
 
+def written_lines(server: Server) -> list[dict[str, Any]]:
+    """The server's log lines written so far, without a last line still being written."""
+    log = server.log()
+    return log_lines(log[: log.rfind("\n") + 1])
+
+
 def penguin_rows() -> pd.DataFrame:
     """The penguins whose strings are all present (BYTES tensors carry no missing value)."""
     frame = load_penguins()[0]
@@ -280,7 +286,7 @@ def test_the_workers_share_the_port_and_the_master_never_loads_grpc(served: Grpc
     finally:
         for client in clients:
             client.close()
-    lines = [line for line in log_lines(served.server.log()) if line.get("protocol") == "grpc"]
+    lines = [line for line in written_lines(served.server) if line.get("protocol") == "grpc"]
     answered = {line["pid"] for line in lines if str(line.get("request_id")).startswith("share-")}
     master = served.server.process.pid
     workers = {
@@ -388,7 +394,7 @@ def test_hup_under_grpc_load_fails_no_request(tmp_path: Path) -> None:
             after = load.count()
             assert wait_until(lambda: load.count() > after + 50, 5.0)
         assert load.failures == [], load.failures[:5]
-        lines = log_lines(found.server.log())
+        lines = written_lines(found.server)
         answered = {line["pid"] for line in lines if line.get("protocol") == "grpc"}
         assert answered & old and answered - old, "both generations answered"
     finally:
