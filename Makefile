@@ -49,12 +49,24 @@ $(VENV)/.installed-dev: $(VENV)/bin/python setup.cfg pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(VENV)/.installed $@
 
-bench: $(VENV)/.installed ## Benchmark against seed Flask/FastAPI apps (bench/README.md)
+bench: $(VENV)/.installed $(MLSERVER_VENV)/.installed ## Benchmark against seed Flask/FastAPI apps and MLServer (bench/README.md)
 	$(BIN)/pip install -e '.[bench]'
-	@if ! command -v wrk >/dev/null 2>&1; then \
-		apt-get update && apt-get install -y wrk; \
+	@if ! command -v wrk >/dev/null 2>&1 || ! command -v h2load >/dev/null 2>&1; then \
+		apt-get update && apt-get install -y wrk nghttp2-client; \
 	fi
 	$(BIN)/python bench/run.py
+
+# MLServer, the gRPC baseline of `make bench`, pins FastAPI below 0.116 (this project's bench
+# extra has a newer one): a virtualenv of its own, with this one's scikit-learn so that it
+# loads the same bundles.
+MLSERVER_VENV := bench/work/mlserver-venv
+MLSERVER_VERSION ?= 1.7.1
+$(MLSERVER_VENV)/.installed: $(VENV)/.installed
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install -q 'mlserver==$(MLSERVER_VERSION)' \
+		'mlserver-sklearn==$(MLSERVER_VERSION)' \
+		"scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')"
+	touch $@
 
 bench-batch: $(VENV)/.installed ## Benchmark batch scoring: score, the floor, HTTP, Spark (bench/README.md)
 	$(BIN)/pip install -e '.[spark]'

@@ -1135,6 +1135,420 @@ def run_throughput(settings: Settings) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Protocols (issue 13): V2 REST against gRPC, this server's and MLServer's
+# ---------------------------------------------------------------------------------------------
+
+#: The protocol comparison: these scenarios at these connection counts, each over this
+#: server's V2 REST (wrk, JSON tensors), its gRPC and MLServer's gRPC (h2load, the same
+#: ModelInferRequest with raw contents, as tritonclient.grpc sends it).
+PROTOCOL_SCENARIOS = ("iris_1", "breast_cancer_100")
+PROTOCOL_CONNECTIONS = (8,)
+#: The servers of the comparison, in the order of the table.
+PROTOCOL_SERVERS = ("app v2 rest", "app grpc", "mlserver grpc")
+#: This server's profile serving both: default settings, gRPC on.
+PROTOCOL_PROFILE = "default"
+#: h2load threads (at most one per connection); every stream waits for its answer (-m1).
+H2LOAD_THREADS = 2
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+#: MLServer, in a virtualenv of its own (its pins, FastAPI below 0.116 among them, are not this
+#: project's), with its scikit-learn runtime and this one's scikit-learn version so that it
+#: loads the same model.joblib files; adaptive batching on, its inference pool of 2 workers.
+MLSERVER_VERSION = "1.7.1"
+MLSERVER_VENV = WORK / "mlserver-venv"
+MLSERVER_BATCHING = {"max_batch_size": 32, "max_batch_time": 0.002}
+MLSERVER_PARALLEL_WORKERS = 2
+
+
+def grpc_frame(model: str, rows: Any) -> bytes:
+    """Return one gRPC message frame (a 0 byte, the length as 4 big-endian bytes, the
+    message; gRPC's "Length-Prefixed-Message") of a ModelInferRequest for ``rows``: one FP64
+    tensor ``input-0`` of shape ``[N, n_features]`` in raw contents, output ``predict``."""
+    from inference_app.grpc import grpc_predict_v2_pb2 as pb
+
+    array = np.ascontiguousarray(rows, dtype="<f8")
+    request = pb.ModelInferRequest(model_name=model)
+    request.inputs.add(name="input-0", datatype="FP64", shape=list(array.shape))
+    request.raw_input_contents.append(array.tobytes())
+    request.outputs.add(name="predict")
+    message = request.SerializeToString()
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def v2_body(rows: Any) -> str:
+    """Return a V2 REST inference body for ``rows``: ``input-0`` ``[N, n_features]`` FP64,
+    its data flat, output ``predict``."""
+    array = np.asarray(rows, dtype=np.float64)
+    return json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": list(array.shape),
+                    "datatype": "FP64",
+                    "data": array.ravel().tolist(),
+                }
+            ],
+            "outputs": [{"name": "predict"}],
+        },
+        separators=(",", ":"),
+    )
+
+
+def parse_h2load(text: str, durations_us: Sequence[float]) -> dict[str, Any]:
+    """Parse h2load's report, with the request durations of its ``--log-file``.
+
+    :returns: ``requests`` (done), ``duration_s``, ``rps``, ``p50_ms``, ``p99_ms``,
+        ``failed``, ``errored``, ``timeout``, ``non_2xx`` and ``errors`` (their sum; a gRPC
+        error answers HTTP 200, so it is counted apart, see :func:`run_h2load`).
+    :raises ValueError: the text is not an h2load report.
+    """
+    finished = re.search(r"^finished in ([\d.]+)(us|ms|s|m|h), ([\d.]+) req/s", text, re.M)
+    requests = re.search(
+        r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        text,
+        re.M,
+    )
+    codes = re.search(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text, re.M)
+    if not finished or not requests or not codes:
+        raise ValueError(f"not an h2load report:\n{text}")
+    done, failed, errored, timeout = (int(requests.group(i)) for i in (3, 5, 6, 7))
+    non_2xx = sum(int(codes.group(i)) for i in (2, 3, 4))
+    ordered = sorted(durations_us)
+
+    def percentile(share: float) -> float:
+        if not ordered:
+            return float("nan")
+        return ordered[min(len(ordered) - 1, int(share * len(ordered)))] / 1e3
+
+    return {
+        "requests": done,
+        "duration_s": _ms(finished.group(1), finished.group(2)) / 1e3,
+        "rps": float(finished.group(3)),
+        "p50_ms": percentile(0.50),
+        "p99_ms": percentile(0.99),
+        "failed": failed,
+        "errored": errored,
+        "timeout": timeout,
+        "non_2xx": non_2xx,
+        "errors": failed + errored + timeout + non_2xx,
+    }
+
+
+def run_h2load(url: str, frame: Path, connections: int, seconds: int) -> dict[str, Any]:
+    """POST ``frame`` as a gRPC call to ``url`` over ``connections`` HTTP/2 connections (h2c,
+    one call at a time on each) for ``seconds``; return :func:`parse_h2load` and the command.
+
+    :raises BenchError: h2load failed or did not finish.
+    """
+    log = frame.with_suffix(".h2load.tsv")
+    argv = [
+        "h2load",
+        f"-c{connections}",
+        "-m1",
+        f"-t{min(H2LOAD_THREADS, connections)}",
+        f"-D{seconds}",
+        "-d",
+        str(frame),
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        f"--log-file={log}",
+        url,
+    ]
+    try:
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=seconds + 60, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"h2load did not finish: {' '.join(argv)}") from None
+    if done.returncode != 0:
+        raise BenchError(f"h2load failed ({done.returncode}): {done.stderr or done.stdout}")
+    durations = [float(line.split("\t")[2]) for line in log.read_text().splitlines() if line]
+    log.unlink()
+    result = parse_h2load(done.stdout, durations)
+    result["command"] = " ".join([*argv[:-2], url])
+    return result
+
+
+def grpc_errors(server: Running) -> float:
+    """Return the gRPC error answers this server has counted (``/metrics``)."""
+    status, body = http("GET", server.url + "/metrics")
+    if status != 200:
+        raise BenchError(f"{server.spec.name} /metrics answered {status}")
+    return sum(
+        float(value)
+        for value in re.findall(
+            r'^inference_app_errors_total\{[^}]*protocol="grpc"[^}]*\} ([\d.e+]+)$',
+            body.decode(),
+            re.M,
+        )
+    )
+
+
+def check_grpc_predictions(address: str, model: str, rows: Any, estimator: Any, name: str) -> None:
+    """Check that tritonclient.grpc gets ``estimator.predict(rows)`` from ``address``.
+
+    :raises BenchError: an error answer or different predictions.
+    """
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    client = grpcclient.InferenceServerClient(address)
+    try:
+        array = np.asarray(rows, dtype=np.float64)
+        tensor = grpcclient.InferInput("input-0", list(array.shape), "FP64")
+        tensor.set_data_from_numpy(array)
+        result = client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("predict")])
+        got = [
+            v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("predict").tolist()
+        ]
+    except InferenceServerException as error:
+        raise BenchError(f"{name} answered {model} over gRPC with {error}") from None
+    finally:
+        client.close()
+    expected = estimator.predict(rows).tolist()
+    if got != expected:
+        raise BenchError(f"{name} predicts {got[:5]}... for {model}, expected {expected[:5]}...")
+
+
+def mlserver_spec(models: Mapping[str, Path], grpc_port: int) -> ServerSpec | None:
+    """Return MLServer serving ``models`` (name: model.joblib) with adaptive batching, or
+    ``None`` when its virtualenv is missing (``make bench`` makes it)."""
+    binary = MLSERVER_VENV / "bin" / "mlserver"
+    if not binary.exists():
+        return None
+    folder = WORK / "mlserver-models"
+    for name, path in models.items():
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        settings = {
+            "name": name,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": str(path), "version": "1"},
+            **MLSERVER_BATCHING,
+        }
+        (folder / name / "model-settings.json").write_text(json.dumps(settings, indent=2))
+    return ServerSpec(
+        name="mlserver grpc",
+        argv=(str(binary), "start", str(folder)),
+        env={
+            "MLSERVER_HOST": "127.0.0.1",
+            "MLSERVER_HTTP_PORT": "{port}",
+            "MLSERVER_GRPC_PORT": str(grpc_port),
+            "MLSERVER_METRICS_PORT": str(free_port()),
+            "MLSERVER_PARALLEL_WORKERS": str(MLSERVER_PARALLEL_WORKERS),
+        },
+        cwd=folder,
+        route="/v2/models/{model}/infer",
+        ready_path="/v2/health/ready",
+        models=frozenset(models),
+    )
+
+
+def run_protocols(settings: Settings) -> dict[str, Any]:
+    """Measure V2 REST against gRPC on this server, and MLServer's gRPC, in the same run.
+
+    Each repeat measures, scenario by scenario, the servers back to back (in reverse order
+    on even repeats). ``x v2 rest`` is the median over repeats of each repeat's ratio to this
+    server's V2 REST req/s.
+    """
+    if subprocess.run(["sh", "-c", "command -v h2load"], capture_output=True).returncode:
+        raise BenchError(
+            "h2load is not installed: run `make bench`, or apt-get install nghttp2-client"
+        )
+    instance = WORK / "instance"
+    if not (instance / "models").exists():
+        demo_bundles(instance, onnx=False)
+    scenarios = {name: SCENARIOS[name] for name in PROTOCOL_SCENARIOS}
+    models = {s.model for s in scenarios.values()}
+    files = {m: instance / "models" / m / "1" / "model.joblib" for m in models}
+    estimators = {m: joblib.load(path) for m, path in files.items()}
+    scripts = WORK / "scripts"
+    scripts.mkdir(parents=True, exist_ok=True)
+    rows = {name: scenario_rows(s.model, s.rows, s.start) for name, s in scenarios.items()}
+    for name, scenario in scenarios.items():
+        (scripts / f"v2_{name}.lua").write_text(lua_script(v2_body(rows[name])))
+        (scripts / f"grpc_{name}.bin").write_bytes(grpc_frame(scenario.model, rows[name]))
+    app_grpc, mlserver_grpc = free_port(), free_port()
+    app = app_spec(
+        "app grpc",
+        {**PROFILES[PROTOCOL_PROFILE], "INFERENCE_APP_GRPC_PORT": str(app_grpc)},
+        instance,
+    )
+    specs = [app]
+    mlserver = mlserver_spec(files, mlserver_grpc)
+    if mlserver is None:
+        print(f"MLServer is not installed in {MLSERVER_VENV}: `make bench` installs it", flush=True)
+    else:
+        specs.append(mlserver)
+    grpc_address = {
+        "app grpc": f"127.0.0.1:{app_grpc}",
+        "mlserver grpc": f"127.0.0.1:{mlserver_grpc}",
+    }
+    runs: list[dict[str, Any]] = []
+    with serving(specs, WORK / "logs") as servers:
+        by_name = {server.spec.name: server for server in servers}
+        for server in servers:
+            probe = (server.predict_url("iris"), v2_body(rows["iris_1"]).encode())
+            wait_ready(server, probe, timeout=START_TIMEOUT * 2)
+            for name, scenario in scenarios.items():
+                check_grpc_predictions(
+                    grpc_address[server.spec.name],
+                    scenario.model,
+                    rows[name],
+                    estimators[scenario.model],
+                    server.spec.name,
+                )
+            print(f"  {server.spec.name} ready, gRPC predictions checked", flush=True)
+        app_server = by_name["app grpc"]
+        for name, scenario in scenarios.items():  # this server's V2 REST answers too
+            status, body = http(
+                "POST",
+                f"{app_server.url}/v2/models/{scenario.model}/infer",
+                v2_body(rows[name]).encode(),
+            )
+            expected = estimators[scenario.model].predict(rows[name]).tolist()
+            if status != 200 or json.loads(body)["outputs"][0]["data"] != expected:
+                raise BenchError(f"app v2 rest answered {status} for {name}: {body[:300]!r}")
+        plan = [
+            (server, name, count)
+            for name in scenarios
+            for count in PROTOCOL_CONNECTIONS
+            for server in PROTOCOL_SERVERS
+            if server != "mlserver grpc" or mlserver is not None
+        ]
+        for name, _ in scenarios.items():  # warm every worker up
+            run_wrk(
+                f"{app_server.url}/v2/models/{scenarios[name].model}/infer",
+                scripts / f"v2_{name}.lua",
+                8,
+                1,
+            )
+            for server in by_name:
+                run_h2load(
+                    f"http://{grpc_address[server]}{GRPC_INFER}", scripts / f"grpc_{name}.bin", 8, 1
+                )
+        progress = Progress(total=len(plan) * settings.repeats)
+        for repeat in range(1, settings.repeats + 1):
+            order = (
+                plan
+                if repeat % 2
+                else [
+                    item
+                    for name in scenarios
+                    for item in reversed([p for p in plan if p[1] == name])
+                ]
+            )
+            for server, name, count in order:
+                scenario = scenarios[name]
+                if server == "app v2 rest":
+                    result = run_wrk(
+                        f"{app_server.url}/v2/models/{scenario.model}/infer",
+                        scripts / f"v2_{name}.lua",
+                        count,
+                        settings.seconds,
+                    )
+                else:
+                    before = grpc_errors(app_server) if server == "app grpc" else 0.0
+                    result = run_h2load(
+                        f"http://{grpc_address[server]}{GRPC_INFER}",
+                        scripts / f"grpc_{name}.bin",
+                        count,
+                        settings.seconds,
+                    )
+                    if server == "app grpc":
+                        result["grpc_errors"] = grpc_errors(app_server) - before
+                        result["errors"] += result["grpc_errors"]
+                for spec_name, running in by_name.items():
+                    if running.process.poll() is not None:
+                        raise BenchError(f"{spec_name} died:\n{running.log_tail()}")
+                result.update(
+                    server=server,
+                    scenario=name,
+                    connections=count,
+                    rows=scenario.rows,
+                    repeat=repeat,
+                    load_average=os.getloadavg()[0],
+                )
+                runs.append(result)
+                progress.step(
+                    f"repeat {repeat}/{settings.repeats}  {server:<14} {name:<18} c={count:<3} "
+                    f"{result['rps']:>9,.0f} req/s  p99 {result['p99_ms']:>8.2f} ms  "
+                    f"errors {result['errors']:g}"
+                )
+    return {
+        "protocol_servers": [
+            {"name": s.name, "argv": list(s.argv), "env": dict(s.env)} for s in specs
+        ],
+        "protocol_runs": runs,
+        "protocol_summary": summarize_protocols(runs),
+        "mlserver": None
+        if mlserver is None
+        else {
+            "version": MLSERVER_VERSION,
+            **MLSERVER_BATCHING,
+            "parallel_workers": MLSERVER_PARALLEL_WORKERS,
+        },
+    }
+
+
+def summarize_protocols(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Return a row per server, scenario and connection count: medians over repeats, and
+    ``vs_v2_rest``, the median of each repeat's ratio to ``app v2 rest``'s req/s."""
+    groups: dict[tuple[str, str, int], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        groups.setdefault((run["server"], run["scenario"], run["connections"]), []).append(run)
+    rows = []
+    for (server, scenario, connections), mine in groups.items():
+        reference = {
+            r["repeat"]: r["rps"] for r in groups.get(("app v2 rest", scenario, connections), [])
+        }
+        ratios = [ratio(r["rps"], reference.get(r["repeat"])) for r in mine]
+        found = [value for value in ratios if value is not None]
+        rows.append(
+            {
+                "server": server,
+                "scenario": scenario,
+                "connections": connections,
+                "rows_per_request": mine[0]["rows"],
+                "rps": median(r["rps"] for r in mine),
+                "rows_per_s": median(r["rps"] for r in mine) * mine[0]["rows"],
+                "p50_ms": median(r["p50_ms"] for r in mine),
+                "p99_ms": median(r["p99_ms"] for r in mine),
+                "errors": median(r["errors"] for r in mine),
+                "errors_total": sum(r["errors"] for r in mine),
+                "vs_v2_rest": median(found) if found else None,
+                "repeats": len(mine),
+            }
+        )
+    order = {name: index for index, name in enumerate(PROTOCOL_SERVERS)}
+    rows.sort(
+        key=lambda r: (
+            PROTOCOL_SCENARIOS.index(r["scenario"]),
+            r["connections"],
+            order.get(r["server"], 99),
+        )
+    )
+    return rows
+
+
+def format_protocols(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Return the protocol comparison as a Markdown table."""
+    lines = [
+        "| scenario | conn | server | req/s | rows/s | p50 ms | p99 ms | errors | x v2 rest |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scenario']} | {r['connections']} | {r['server']} | {r['rps']:,.0f} | "
+            f"{r['rows_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+            f"{r['errors']:g} | {_x(r['vs_v2_rest'])} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 # Memory (issue 6, item 5)
 # ---------------------------------------------------------------------------------------------
 
@@ -1459,6 +1873,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--memory", action="store_true", help="measure memory only")
     group.add_argument("--no-memory", action="store_true", help="skip the memory measurement")
+    group.add_argument(
+        "--protocols", action="store_true", help="compare V2 REST and gRPC only (and MLServer)"
+    )
+    parser.add_argument(
+        "--no-protocols", action="store_true", help="skip the V2 REST against gRPC comparison"
+    )
     args = parser.parse_args(argv)
     # Let SIGTERM unwind through the finally blocks that stop the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -1493,10 +1913,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         (RESULTS / f"{stamp}.json").write_text(text)
         (RESULTS / "latest.json").write_text(text)
 
-    if not args.memory:
-        if subprocess.run(["sh", "-c", "command -v wrk"], capture_output=True).returncode:
+    if subprocess.run(["sh", "-c", "command -v wrk"], capture_output=True).returncode:
+        if not args.memory:
             print("wrk is not installed: run `make bench`, or apt-get install wrk", file=sys.stderr)
             return 2
+    if args.protocols:
+        args.no_memory = True
+    if not args.memory and not args.protocols:
         results.update(run_throughput(settings))
         save()  # kept even if the memory measurement fails
         print(
@@ -1512,6 +1935,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         plot(results["summary"], results["floor"], RESULTS / "throughput.png")
         print(f"\nPlot: {RESULTS / 'throughput.png'}\n")
+    if not args.memory and not args.no_protocols:
+        results.update(run_protocols(settings))
+        save()
+        print(
+            f"\nV2 REST against gRPC, medians of {settings.repeats} repeat(s) of "
+            f"{settings.seconds} s:\n"
+        )
+        print(format_protocols(results["protocol_summary"]))
     if not args.no_memory:
         results["memory"] = run_memory()
         save()

@@ -525,3 +525,87 @@ def test_seed_flask_pandas_gives_a_text_pipeline_its_column(
     assert response.status_code == 200
     assert response.get_json() == {"predictions": pipeline.predict(asked).tolist()}
     assert len(response.get_json()["predictions"]) == 3
+
+
+# A real h2load 1.52 report: 2 connections, 1 s, gRPC calls to this server's ModelInfer.
+H2LOAD_OK = """\
+starting benchmark...
+Application protocol: h2c
+
+finished in 1.01s, 1159.00 req/s, 173.67KB/s
+requests: 1159 total, 1161 started, 1159 done, 1159 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 1160 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 173.67KB (177840) total, 56.79KB (58150) headers (space savings 59.90%)
+                     min         max         mean         sd        +/- sd
+time for request:      566us     17.97ms      1.71ms      1.69ms    90.25%
+"""
+
+
+def test_parse_h2load_report(bench: ModuleType) -> None:
+    durations = [1000.0 * (i + 1) for i in range(100)]  # 1 ms to 100 ms, in microseconds
+    result = bench.parse_h2load(H2LOAD_OK, durations)
+    assert result["requests"] == 1159 and result["rps"] == pytest.approx(1159.0)
+    assert result["duration_s"] == pytest.approx(1.01)
+    assert result["p50_ms"] == pytest.approx(51.0) and result["p99_ms"] == pytest.approx(100.0)
+    assert result["errors"] == 0
+    failing = H2LOAD_OK.replace("1159 succeeded, 0 failed", "1150 succeeded, 9 failed").replace(
+        "0 3xx, 0 4xx, 0 5xx", "0 3xx, 0 4xx, 2 5xx"
+    )
+    assert bench.parse_h2load(failing, durations)["errors"] == 11
+    with pytest.raises(ValueError, match="not an h2load report"):
+        bench.parse_h2load("h2load: connection refused", durations)
+
+
+def test_protocol_bodies_are_answered_like_in_process(
+    bench: ModuleType, demo_instance: Path, demo_estimators: dict, tmp_path: Path
+) -> None:
+    """The V2 REST body and the gRPC frame h2load sends get this server's predictions, and
+    h2load's calls are all answered (a gRPC error would still be HTTP 200: counted apart)."""
+    from prometheus_client import REGISTRY
+
+    from inference_app import create_app
+    from inference_app.demo import load_demo_data
+    from inference_app.grpc import grpc_predict_v2_pb2 as pb
+    from inference_app.grpc import service
+
+    rows = load_demo_data("breast_cancer")[0][:100]
+    expected = demo_estimators["breast_cancer"].predict(rows).tolist()
+    app = create_app({"TESTING": True}, instance_path=demo_instance)
+    answer = app.test_client().post(
+        "/v2/models/breast_cancer/infer", data=bench.v2_body(rows), content_type="application/json"
+    )
+    assert answer.get_json()["outputs"][0]["data"] == expected
+    frame = bench.grpc_frame("breast_cancer", rows)
+    assert frame[0] == 0 and int.from_bytes(frame[1:5], "big") == len(frame) - 5
+    request = pb.ModelInferRequest.FromString(frame[5:])
+    assert [o.name for o in request.outputs] == ["predict"]
+    body = tmp_path / "frame.bin"
+    body.write_bytes(frame)
+    running = service.serve(app, 0)
+    errors = {"protocol": "grpc", "kind": "model_not_found"}
+    before = REGISTRY.get_sample_value("inference_app_errors_total", errors) or 0.0
+    try:
+        url = f"http://127.0.0.1:{running.port}{bench.GRPC_INFER}"
+        result = bench.run_h2load(url, body, 2, 1)
+        assert result["requests"] > 0 and result["errors"] == 0
+        assert result["p50_ms"] <= result["p99_ms"]
+        body.write_bytes(bench.grpc_frame("nope", rows))
+        refused = bench.run_h2load(url, body, 1, 1)
+    finally:
+        running.stop(None)
+    assert refused["errors"] == 0  # HTTP 200 whatever grpc-status says
+    counted = (REGISTRY.get_sample_value("inference_app_errors_total", errors) or 0.0) - before
+    # h2load counts the calls done within its duration; one more may be answered after it.
+    assert refused["requests"] <= counted <= refused["requests"] + 1
+
+
+def test_summarize_protocols_pairs_each_repeat_with_v2_rest(bench: ModuleType) -> None:
+    runs = []
+    for repeat, (rest, grpc) in enumerate([(100, 300), (200, 300), (100, 500)], start=1):
+        for server, rps in (("app v2 rest", rest), ("app grpc", grpc)):
+            runs.append({**_run(server, rps, 10), "scenario": "iris_1", "repeat": repeat})
+    rows = {r["server"]: r for r in bench.summarize_protocols(runs)}
+    assert rows["app grpc"]["rps"] == 300 and rows["app v2 rest"]["rps"] == 100
+    assert rows["app grpc"]["vs_v2_rest"] == 3.0  # median of 3.0, 1.5 and 5.0
+    assert rows["app v2 rest"]["vs_v2_rest"] == 1.0
+    assert "| iris_1 | 8 | app grpc | 300 |" in bench.format_protocols(list(rows.values()))
