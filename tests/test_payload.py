@@ -546,7 +546,9 @@ def test_the_file_rotates_at_its_size_across_workers_without_losing_a_line(
     files = [log, *sorted(tmp_path.glob("payload.jsonl.[0-9]*"), key=lambda p: int(p.suffix[1:]))]
     assert len(files) > 3, files
     assert all(path.stat().st_size <= limit for path in files)
-    assert all(path.stat().st_size > limit / 2 for path in files[1:])  # rotated when full
+    longest = max(len(line) for path in files for line in path.read_bytes().splitlines())
+    # Each rotated file was full: the next line would not fit.
+    assert all(path.stat().st_size > limit - longest - 1 for path in files[1:])
     found = pairs(read_events(*files))
     assert set(found) == {request.request_id for request in sent}
     check_pairs(found, sent)

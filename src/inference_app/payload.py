@@ -35,11 +35,11 @@ import fcntl
 import http.client
 import logging
 import os
-import queue
 import random
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol
@@ -65,6 +65,11 @@ RESPONSE_TYPE = "org.inference-app.response"
 DROP_REASONS = ("queue_full", "sink_error", "shutdown", "encode_error")
 #: The most queued requests the sender takes at once (one file write, up to that many POSTs).
 MAX_DRAIN = 256
+#: Seconds between the sender's looks at the queue: one wake-up per interval, however many
+#: requests (and an event's delay before it is written, at most about this).
+FLUSH_INTERVAL = 0.05
+#: Requests the sender encodes between two releases of the GIL.
+ENCODE_GROUP = 32
 #: Seconds the sender waits after a failed delivery before the next, doubled after each
 #: failure up to :data:`MAX_BACKOFF`, so a sink that is down costs a few attempts a second.
 MIN_BACKOFF = 0.1
@@ -124,10 +129,10 @@ class FileSink:
     Every process opens the file with ``O_APPEND`` and writes whole lines with one
     ``write()`` per group, holding an exclusive ``flock`` on ``<path>.lock``: lines of several
     Gunicorn workers never interleave. Under the same lock a writer reopens the file if
-    another process rotated it, and rotates it when the group would take it past
-    ``max_bytes``: ``<path>`` becomes ``<path>.1``, ``<path>.1`` becomes ``<path>.2``, ...,
-    up to ``backups`` files (the oldest is removed), like ``logging.handlers.
-    RotatingFileHandler``, which is not safe across processes.
+    another process rotated it, fills it with whole lines up to ``max_bytes`` and rotates it
+    when the next line would not fit: ``<path>`` becomes ``<path>.1``, ``<path>.1`` becomes
+    ``<path>.2``, ..., up to ``backups`` files (the oldest is removed), like
+    ``logging.handlers.RotatingFileHandler``, which is not safe across processes.
 
     :param max_bytes: the size past which the file is rotated, in bytes; 0: never.
     :param backups: how many rotated files to keep; 0: the full file is removed.
@@ -186,25 +191,43 @@ class FileSink:
             yield group
 
     def send(self, chunk: list[bytes]) -> None:
-        """Append ``chunk`` as lines in one write, rotating first if it would overflow.
+        """Append ``chunk`` as lines: those that fit in the file in one write, then, if some
+        do not, rotate and write them in another (a group fits in ``max_bytes``, see
+        :meth:`chunks`; a single longer line goes alone into a new file).
 
         :raises OSError: the file cannot be written (the disk is full, it was made
             read-only).
         """
         if self._fd < 0:
             self.open()
-        data = b"\n".join(chunk) + b"\n"
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
             self._follow()
-            size = os.fstat(self._fd).st_size
-            if self.max_bytes and size and size + len(data) > self.max_bytes:
-                self._rotate()
-            written = os.write(self._fd, data)
-            while written < len(data):  # only on a full disk or a signal: finish the lines
-                written += os.write(self._fd, data[written:])
+            lines = chunk
+            if self.max_bytes:
+                room = self.max_bytes - os.fstat(self._fd).st_size
+                fitting = 0
+                for line in chunk:
+                    room -= len(line) + 1
+                    if room < 0:
+                        break
+                    fitting += 1
+                if fitting < len(chunk):
+                    if fitting:
+                        self._write(chunk[:fitting])
+                    if fitting or os.fstat(self._fd).st_size:
+                        self._rotate()
+                    lines = chunk[fitting:]
+            self._write(lines)
         finally:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
+
+    def _write(self, lines: list[bytes]) -> None:
+        """Append whole lines in one ``write()`` (more only on a full disk or a signal)."""
+        data = b"\n".join(lines) + b"\n"
+        written = os.write(self._fd, data)
+        while written < len(data):
+            written += os.write(self._fd, data[written:])
 
     def describe(self) -> str:
         """Name the sink for log lines."""
@@ -341,6 +364,12 @@ class HTTPSink:
 class PayloadLog:
     """Sample answered requests, queue them, and deliver their events from a thread.
 
+    The queue is a ``collections.deque`` that the sender empties every
+    :data:`FLUSH_INTERVAL` seconds: a request costs an append, never a lock or a thread
+    switch (waking the sender for each request, as ``queue.Queue`` does, cost more than
+    the encoding). With ``gthread`` workers the bound may be passed by the number of
+    threads at most.
+
     :param sink: where the events go.
     :param sample: the fraction of requests logged, 0 to 1 (both events of each).
     :param queue_size: the most requests waiting for the sender; beyond, dropped.
@@ -365,7 +394,7 @@ class PayloadLog:
         self.close_timeout = close_timeout
         self._pid = -1  # the process whose thread runs: none yet
         self._start_lock = threading.Lock()
-        self._queue: queue.Queue[Queued | None] = queue.Queue(queue_size)
+        self._pending: deque[Queued] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing = False
@@ -389,6 +418,10 @@ class PayloadLog:
                 return
             if self._pid != os.getpid():
                 self._start()
+            pending = self._pending
+            if len(pending) >= self.queue_size:
+                self._dropped["queue_full"].inc(2)
+                return
             kept = None
             if self.headers and headers is not None:
                 kept = {}
@@ -397,11 +430,9 @@ class PayloadLog:
                     if value is not None:
                         kept[name] = value
             answered = time.time()
-            self._queue.put_nowait(
+            pending.append(
                 Queued(request_id, bundle, result, protocol, kept, answered - elapsed, answered)
             )
-        except queue.Full:
-            self._dropped["queue_full"].inc(2)
         except Exception:  # logging never fails a request
             logger.exception("payload log: could not queue request %s", request_id)
 
@@ -412,18 +443,14 @@ class PayloadLog:
         if thread is None or self._pid != os.getpid():
             return
         self._stop.set()
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            pass  # the thread sees the stop flag after its current group
         thread.join(self.close_timeout if timeout is None else timeout)
         left = 0
-        while True:
+        while True:  # the thread, if still sending, and this take each request once
             try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+                self._pending.popleft()
+            except IndexError:
                 break
-            left += item is not None
+            left += 1
         if left:
             self._dropped["shutdown"].inc(2 * left)
         self._thread = None
@@ -433,7 +460,7 @@ class PayloadLog:
         with self._start_lock:
             if self._pid == os.getpid():
                 return
-            self._queue = queue.Queue(self.queue_size)
+            self._pending = deque()
             self._stop = threading.Event()
             self._failing, self._backoff, self._retry_at = False, 0.0, 0.0
             self.sink.open()
@@ -447,36 +474,35 @@ class PayloadLog:
             self._pid = os.getpid()
 
     def _run(self) -> None:
-        """Take queued requests in groups, encode and deliver their events, until stopped.
-
-        After a failed delivery it waits out the backoff before taking the next group, so
-        the requests wait in the queue (counted as ``shutdown`` if the process exits first)
-        and those beyond it are dropped as ``queue_full`` at no cost to the requests.
-        """
+        """Every :data:`FLUSH_INTERVAL` seconds (or once a failed sink's backoff is over),
+        deliver what is queued; once more when stopped, then return."""
         while True:
-            wait = self._retry_at - time.monotonic()
-            if wait > 0:
-                self._stop.wait(wait)  # cut short by close(): one last try
-            item = self._queue.get()
-            stopping = item is None
-            batch = [] if item is None else [item]
+            wait = max(FLUSH_INTERVAL, self._retry_at - time.monotonic())
+            stopping = self._stop.wait(wait)
+            self._flush()
+            if stopping:
+                return
+
+    def _flush(self) -> None:
+        """Deliver the queued requests in groups of up to :data:`MAX_DRAIN`; stop at a
+        failure, leaving the rest queued until the backoff is over."""
+        pending = self._pending
+        while pending:
+            batch: list[Queued] = []
             while len(batch) < MAX_DRAIN:
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
+                    batch.append(pending.popleft())
+                except IndexError:
                     break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            if batch:
-                self._deliver(self._encode(batch))
-            if stopping or (self._stop.is_set() and self._queue.empty()):
+            self._deliver(self._encode(batch))
+            if self._retry_at > time.monotonic() and not self._stop.is_set():
                 return
 
     def _encode(self, batch: list[Queued]) -> list[bytes]:
         events: list[bytes] = []
-        for queued in batch:
+        for index, queued in enumerate(batch):
+            if index and not index % ENCODE_GROUP:
+                time.sleep(0)  # let the request threads run: a long queue never holds one up
             try:
                 events.extend(encode(queued))
             except Exception:  # a bug here loses this request's events, not the thread
