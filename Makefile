@@ -58,14 +58,16 @@ bench: $(VENV)/.installed $(MLSERVER_VENV)/.installed ## Benchmark against seed 
 
 # MLServer, the gRPC baseline of `make bench`, pins FastAPI below 0.116 (this project's bench
 # extra has a newer one): a virtualenv of its own, with this one's scikit-learn so that it
-# loads the same bundles.
+# loads the same bundles. Its inference pool (MLServer 1.7.1) calls asyncio.get_event_loop()
+# in each new worker process, which uvloop 0.22 and later refuse.
 MLSERVER_VENV := bench/work/mlserver-venv
 MLSERVER_VERSION ?= 1.7.1
 $(MLSERVER_VENV)/.installed: $(VENV)/.installed
 	$(PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/pip install -q 'mlserver==$(MLSERVER_VERSION)' \
 		'mlserver-sklearn==$(MLSERVER_VERSION)' \
-		"scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')"
+		"scikit-learn==$$($(BIN)/python -c 'import sklearn; print(sklearn.__version__)')" \
+		'uvloop<0.22'
 	touch $@
 
 bench-batch: $(VENV)/.installed ## Benchmark batch scoring: score, the floor, HTTP, Spark (bench/README.md)

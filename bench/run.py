@@ -1268,6 +1268,8 @@ def run_h2load(url: str, frame: Path, connections: int, seconds: int) -> dict[st
     durations = [float(line.split("\t")[2]) for line in log.read_text().splitlines() if line]
     log.unlink()
     result = parse_h2load(done.stdout, durations)
+    if not result["requests"]:
+        raise BenchError(f"h2load got no answer from {url}:\n{done.stdout[-2000:]}")
     result["command"] = " ".join([*argv[:-2], url])
     return result
 
@@ -1301,9 +1303,8 @@ def check_grpc_predictions(address: str, model: str, rows: Any, estimator: Any, 
         tensor = grpcclient.InferInput("input-0", list(array.shape), "FP64")
         tensor.set_data_from_numpy(array)
         result = client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput("predict")])
-        got = [
-            v.decode() if isinstance(v, bytes) else v for v in result.as_numpy("predict").tolist()
-        ]
+        labels = result.as_numpy("predict").ravel().tolist()  # MLServer's shape is [N, 1]
+        got = [v.decode() if isinstance(v, bytes) else v for v in labels]
     except InferenceServerException as error:
         raise BenchError(f"{name} answered {model} over gRPC with {error}") from None
     finally:
