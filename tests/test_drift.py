@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,6 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from sklearn.datasets import load_breast_cancer, load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
+from tritonclient.grpc import service_pb2 as tpb
 
 from inference_app import create_app, metrics
 from inference_app.config import ConfigError
@@ -33,6 +35,7 @@ from inference_app.core.features import describe
 from inference_app.core.inputs import Limits, ModelInput, from_rows
 from inference_app.datasets import load_penguins
 from inference_app.demo import penguins_pipeline, write_demo_bundles
+from inference_app.grpc import service as grpc_service
 from servers import (
     REQUEST_TIMEOUT,
     START_TIMEOUT,
@@ -468,7 +471,7 @@ def test_a_new_category_fails_that_feature_alone(
     assert {f["name"]: f["kind"] for f in answer["features"]}["island"] == "categorical"
 
 
-def test_every_protocol_counts_rows(
+def test_every_protocol_counts_rows_grpc_too(
     drift_app: Callable[..., tuple[FlaskClient, dict[str, str]]],
 ) -> None:
     client, names = drift_app()
@@ -482,7 +485,19 @@ def test_every_protocol_counts_rows(
     assert response.status_code == 200, response.get_data(as_text=True)
     one = dict(zip(load_iris().feature_names, rows[0], strict=True))
     assert client.post("/predict", json=one, headers={"X-Model-Name": name}).status_code == 200
-    assert report(client, name)["rows"] == 3 * 7 + 1
+    running = grpc_service.serve(client.application, 0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            tensor = tpb.ModelInferRequest.InferInputTensor(
+                name="input-0", datatype="FP64", shape=[7, 4]
+            )
+            tensor.contents.fp64_contents.extend(np.ravel(rows).tolist())
+            request = tpb.ModelInferRequest(model_name=name, inputs=[tensor])
+            stub = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+            stub(request.SerializeToString(), timeout=30)
+    finally:
+        running.stop(None)
+    assert report(client, name)["rows"] == 4 * 7 + 1
 
 
 def test_threshold_setting_and_errors(
@@ -697,6 +712,26 @@ def test_the_dashboard_loads_and_every_query_parses(tmp_path: Path) -> None:
             )
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    assert "SUCCESS" in promtool("check", "rules", str(path))
+
+
+def test_the_documented_queries_parse_and_name_real_series(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "operations.md").read_text()
+    section = text.split("\n## Drift\n", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```promql\n(.*?)```", section, re.S)
+    queries = [line for line in block.splitlines() if line.strip()]
+    assert len(queries) >= 4
+    recorded = {
+        rule["record"]
+        for group in yaml.safe_load(RULES.read_text())["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    used = set(re.findall(r"[a-z_]*:?inference_app_[a-z_]+(?::[a-z0-9_]+)?", block))
+    assert used and used <= metric_names() | recorded, used - metric_names() - recorded
+    rules = [{"record": f"docs:drift_{i}", "expr": query} for i, query in enumerate(queries)]
+    path = tmp_path / "docs-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "docs", "rules": rules}]}))
     assert "SUCCESS" in promtool("check", "rules", str(path))
 
 
