@@ -524,6 +524,15 @@ def test_threshold_setting_and_errors(
             )
 
 
+def test_the_report_asks_for_an_api_key_like_the_api(
+    drift_app: Callable[..., tuple[FlaskClient, dict[str, str]]],
+) -> None:
+    client, names = drift_app(API_KEYS=["drift-key"])
+    assert client.get(f"/v1/models/{names['iris']}/drift").status_code == 401
+    answer = client.get(f"/v1/models/{names['iris']}/drift", headers={"X-API-Key": "drift-key"})
+    assert answer.status_code == 200 and answer.get_json()["rows"] == 0
+
+
 def test_the_endpoints_are_in_the_openapi_document(client: FlaskClient) -> None:
     spec = client.get("/openapi.json").get_json()
     for path in ("/v1/models/{name}/drift", "/v1/models/{name}/versions/{version}/drift"):
