@@ -160,6 +160,7 @@ def serve(instance: Path) -> tuple[subprocess.Popen[bytes], str]:
         "GUNICORN_BIND": f"127.0.0.1:{port}",
         "GUNICORN_WORKERS": "2",
         "INFERENCE_APP_MAX_ROWS": str(REQUEST_ROWS),
+        "INFERENCE_APP_GRPC_PORT": "0",  # HTTP is measured; gRPC's default port may be taken
     }
     server = subprocess.Popen(
         [str(BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],

@@ -606,6 +606,8 @@ def app_spec(
         argv=tuple(argv),
         env={
             "GUNICORN_BIND": "127.0.0.1:{port}",
+            # gRPC (8081 by default) only where a profile asks, on a port of its own.
+            "INFERENCE_APP_GRPC_PORT": "0",
             "INFERENCE_APP_INSTANCE_PATH": str(
                 instance.with_name(f"{instance.name}-onnx")
                 if env.get("BENCH_BUNDLES") == "onnx"
@@ -1638,6 +1640,7 @@ def measure_memory_once(instance: Path, preload: bool, rows: np.ndarray) -> dict
             "GUNICORN_PRELOAD_APP": "true" if preload else "false",
             "GUNICORN_TIMEOUT": "120",
             "INFERENCE_APP_INSTANCE_PATH": str(instance),
+            "INFERENCE_APP_GRPC_PORT": "0",
         },
         cwd=REPO,
         route="/v1/models/{model}:predict",
