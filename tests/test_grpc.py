@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -782,3 +784,65 @@ def test_the_checked_in_modules_are_what_grpcio_tools_generates(tmp_path: Path) 
             "_descriptor_pool.DescriptorPool().AddSerializedFile",
         )
         assert generated == (source / "inference_app" / "grpc" / name).read_text(), name
+
+
+def test_payload_events_of_a_grpc_call(demo_instance: Path, tmp_path: Path) -> None:
+    """An answered gRPC call is logged as its CloudEvents request and response, with the
+    request id of its metadata and the protocol ``grpc``; a refused one is not."""
+    log = tmp_path / "payload.jsonl"
+    rows = load_demo_data("iris")[0][:3]
+    with serving(demo_instance, PAYLOAD_LOG=str(log)) as (_, channel):
+        call(
+            channel,
+            "ModelInfer",
+            infer(tensor(rows.ravel().tolist(), [3, 4])),
+            metadata=[("x-request-id", "payload-grpc-1")],
+        )
+        refused(
+            channel,
+            "ModelInfer",
+            infer(tensor(), model="nope"),
+            metadata=[("x-request-id", "payload-grpc-2")],
+        )
+
+        def logged() -> list[dict[str, Any]]:
+            if not log.exists():
+                return []
+            return [json.loads(line) for line in log.read_text().splitlines() if line]
+
+        deadline = time.monotonic() + 10
+        while len(logged()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    events = logged()
+    assert {event["id"] for event in events} == {"payload-grpc-1"}
+    assert sorted(event["type"] for event in events) == [
+        "org.inference-app.request",
+        "org.inference-app.response",
+    ]
+    assert all(event["protocol"] == "grpc" and event["modelname"] == "iris" for event in events)
+
+
+def test_the_sticky_header_routes_from_grpc_metadata(
+    tmp_path: Path, demo_instance: Path, new_iris_version: Any
+) -> None:
+    models = tmp_path / "instance" / "models"
+    shutil.copytree(demo_instance / "models" / "iris", models / "iris")
+    new_iris_version(models, "2")
+    (models / "iris" / "traffic.json").write_text(
+        json.dumps({"weights": {"1": 50, "2": 50}, "sticky": "X-User-ID"})
+    )
+    body = infer(tensor())
+    with serving(tmp_path / "instance") as (_, channel):
+        answered: dict[str, set[str]] = {}
+        for user in range(24):
+            for _ in range(3):
+                found = tpb.ModelInferResponse.FromString(
+                    call(channel, "ModelInfer", body, metadata=[("x-user-id", f"user-{user}")])
+                )
+                answered.setdefault(f"user-{user}", set()).add(found.model_version)
+        pinned = tpb.ModelInferResponse.FromString(
+            call(channel, "ModelInfer", infer(tensor(), version="1"))
+        )
+    assert all(len(versions) == 1 for versions in answered.values()), answered
+    assert set().union(*answered.values()) == {"1", "2"}
+    assert pinned.model_version == "1"
