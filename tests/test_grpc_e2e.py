@@ -373,12 +373,15 @@ def _workers(server: Server) -> set[int]:
     return {int(pid) for pid in children}
 
 
-def test_hup_under_grpc_load_fails_no_request(tmp_path: Path) -> None:
+def test_hup_under_grpc_load_fails_no_request(tmp_path: Path, new_iris_version: Any) -> None:
+    """A HUP with a new iris version: the load sees no failure, both generations of workers
+    answer, the new version is served over gRPC, and the master still has no gRPC in it."""
     found = start(tmp_path)
     try:
         old = _workers(found.server)
         with Load(found.address, LOAD_SECONDS) as load:
             assert wait_until(lambda: load.count() > 50, 5.0)
+            new_iris_version(tmp_path / "instance" / "models", "2")
             os.kill(found.server.process.pid, signal.SIGHUP)
             serving = re.compile(r"worker (\d+) serves gRPC")
 
@@ -397,6 +400,16 @@ def test_hup_under_grpc_load_fails_no_request(tmp_path: Path) -> None:
         lines = written_lines(found.server)
         answered = {line["pid"] for line in lines if line.get("protocol") == "grpc"}
         assert answered & old and answered - old, "both generations answered"
+        import tritonclient.grpc as grpcclient
+
+        client = grpcclient.InferenceServerClient(found.address)
+        try:
+            assert client.get_model_metadata("iris", as_json=True)["versions"] == ["1", "2"]
+            assert client.is_model_ready("iris", "2")
+        finally:
+            client.close()
+        master = found.server.process.pid
+        assert "cygrpc" not in Path(f"/proc/{master}/maps").read_text()
     finally:
         stop(found.server)
 
