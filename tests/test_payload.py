@@ -26,8 +26,9 @@ from cloudevents.core.formats.json import JSONFormat
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 
-from inference_app import create_app, payload
+from inference_app import create_app, metrics, payload
 from inference_app.config import ConfigError
+from inference_app.core.dataplane import InferenceRequest
 from inference_app.datasets import load_penguins
 from inference_app.demo import write_demo_bundles
 from servers import (
@@ -415,18 +416,30 @@ class Receiver(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def receiver() -> Iterator[tuple[str, list[tuple[str, str, bytes]]]]:
-    """A real HTTP server on 127.0.0.1 in a thread: its URL and what it received."""
-    received: list[tuple[str, str, bytes]] = []
-    handler = type("Handler", (Receiver,), {"received": received, "lock": threading.Lock()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/events?source=test", received
-    finally:
+def receiver_at() -> Iterator[Any]:
+    """Start real HTTP servers on 127.0.0.1 (a given port, or any) in threads, each giving
+    its port and the list of what it receives; all are stopped after the test."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(port: int = 0) -> tuple[int, list[tuple[str, str, bytes]]]:
+        received: list[tuple[str, str, bytes]] = []
+        handler = type("Handler", (Receiver,), {"received": received, "lock": threading.Lock()})
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server.server_address[1], received
+
+    yield start
+    for server in servers:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def receiver(receiver_at: Any) -> tuple[str, list[tuple[str, str, bytes]]]:
+    """A real HTTP server on 127.0.0.1 in a thread: its URL and what it received."""
+    port, received = receiver_at()
+    return f"http://127.0.0.1:{port}/events?source=test", received
 
 
 @pytest.mark.parametrize("batch", [1, 8], ids=["structured", "batched"])
@@ -600,6 +613,33 @@ def test_typed_columns_are_json_native() -> None:
         "name": ["x", None],
         "value": [1.5, None],
     }
+
+
+def test_a_sink_that_comes_back_receives_the_events_again(instance: Path, receiver_at: Any) -> None:
+    app = create_app({"TESTING": True}, instance_path=instance)
+    dataplane = app.extensions["inference_app"].dataplane
+    port = free_port()
+    log = payload.PayloadLog(payload.HTTPSink(f"http://127.0.0.1:{port}/", 1.0, 1), queue_size=50)
+    errors = metrics.PAYLOAD_DROPPED.labels("sink_error")
+    before = errors._value.get()
+
+    def answer(request_id: str) -> None:
+        result = dataplane.infer(InferenceRequest(model="iris", instances=[IRIS.data[0].tolist()]))
+        bundle = dataplane.registry.get(result.model_name, result.model_version)
+        log.record(request_id, bundle, result, protocol="native")
+
+    try:
+        answer("while-down")
+        assert wait_until(lambda: errors._value.get() > before, DELIVERY_TIMEOUT)
+        _, received = receiver_at(port)
+        for index in range(3):
+            answer(f"back-{index}")
+        # Tried again after the backoff (0.1 s, then doubled): the queued requests arrive.
+        assert wait_until(lambda: len(received) >= 6, DELIVERY_TIMEOUT)
+        found = pairs([json.loads(body) for _, _, body in received])
+        assert set(found) == {"back-0", "back-1", "back-2"}
+    finally:
+        log.close()
 
 
 @pytest.mark.parametrize(

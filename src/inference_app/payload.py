@@ -484,18 +484,23 @@ class PayloadLog:
                 return
 
     def _flush(self) -> None:
-        """Deliver the queued requests in groups of up to :data:`MAX_DRAIN`; stop at a
-        failure, leaving the rest queued until the backoff is over."""
+        """Deliver the queued requests in groups of up to :data:`MAX_DRAIN`.
+
+        While the sink is failing, only one request is tried (encoded and sent) after each
+        backoff and the others stay queued: a sink that is down or stalled costs one
+        request's encoding per try, the requests beyond the full queue cost nothing.
+        """
         pending = self._pending
         while pending:
             batch: list[Queued] = []
-            while len(batch) < MAX_DRAIN:
+            size = 1 if self._failing else MAX_DRAIN
+            while len(batch) < size:
                 try:
                     batch.append(pending.popleft())
                 except IndexError:
                     break
             self._deliver(self._encode(batch))
-            if self._retry_at > time.monotonic() and not self._stop.is_set():
+            if self._failing:
                 return
 
     def _encode(self, batch: list[Queued]) -> list[bytes]:
