@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import socket
 import threading
 import time
@@ -366,6 +367,25 @@ def test_every_protocol_logs_one_request_and_one_response_event_per_answer(
         assert set(headers) <= {"user-agent"}
         assert headers["user-agent"] in ("payload-test", requests.utils.default_user_agent())
     assert "Traceback" not in server.log()
+    # The preloading master never opened the log (no sender of its own); the workers did.
+    master = server.process.pid
+    workers = [
+        int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    ]
+    assert len(workers) == 2
+    assert str(log) not in open_files(master)
+    assert any(str(log) in open_files(worker) for worker in workers)
+
+
+def open_files(pid: int) -> set[str]:
+    """The paths a process has open."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found.add(os.readlink(fd))
+        except OSError:  # closed meanwhile
+            continue
+    return found
 
 
 def test_sampling_logs_whole_pairs_of_about_the_fraction(serve: Any, tmp_path: Path) -> None:
