@@ -22,7 +22,6 @@ import errno
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -224,8 +223,3 @@ def _app(server: Any) -> Flask:
     from inference_app import config
 
     return config.settings()
-
-
-def running() -> bool:
-    """Return whether this process serves gRPC."""
-    return _running is not None and "inference_app.grpc.service" in sys.modules
