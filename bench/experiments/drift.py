@@ -4,9 +4,11 @@ For iris (logistic regression, one row per request) and breast_cancer (a 100-tre
 forest, 100 rows per request), answers ``POST /v1/models/<name>:predict`` through the app's WSGI
 callable (the fast path, as Gunicorn calls it; no sockets), in rounds alternating with the
 drift observer on and taken off the dataplane, and times the observer alone (binning the
-checked rows, then one counter ``inc`` per non-empty bin) and its binning alone. Metrics are in
-prometheus-client's multiprocess mode, as under Gunicorn (a temporary folder). Prints medians in
-microseconds. Run: ``.venv/bin/python bench/experiments/drift.py [requests per round] [rounds]``.
+checked rows, then one counter ``inc`` per non-empty bin) and its binning alone, garbage
+collection on. As under Gunicorn, metrics are in prometheus-client's multiprocess mode (a
+temporary folder) and the app's objects are frozen out of the collector (``gc.freeze``). Prints
+medians in microseconds.
+Run: ``.venv/bin/python bench/experiments/drift.py [requests per round] [rounds]``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import tempfile
 # Before prometheus_client is imported: the counters write to files, as in a Gunicorn worker.
 os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="drift-bench-"))
 
+import gc  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
@@ -71,6 +74,7 @@ def main() -> int:
     app = create_app({"TESTING": True}, instance_path=instance)
     dataplane = app.extensions["inference_app"].dataplane
     monitor = app.extensions[monitoring.EXTENSION]
+    gc.freeze()  # as gunicorn.conf.py's pre_fork: the app's objects out of the collector's way
     print(f"{count} requests x {rounds} rounds, median microseconds per request")
     for label, (name, rows) in CASES.items():
         data, _, _ = load_demo_data(name)
@@ -91,10 +95,18 @@ def main() -> int:
         bins = int((plan.count(result.input) > 0).sum())
         number = 2_000
         observer = timeit.repeat(
-            "monitor(bundle, result)", globals=locals(), number=number, repeat=7
+            "monitor(bundle, result)",
+            "gc.enable()",
+            globals={**globals(), **locals()},
+            number=number,
+            repeat=7,
         )
         binning = timeit.repeat(
-            "plan.count(result.input)", globals=locals(), number=number, repeat=7
+            "plan.count(result.input)",
+            "gc.enable()",
+            globals={**globals(), **locals()},
+            number=number,
+            repeat=7,
         )
         print(f"{label}:")
         print(f"  request, drift on   {on:8.1f} us")

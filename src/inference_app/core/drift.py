@@ -302,10 +302,10 @@ def psi(observed: Any, reference: Any, epsilon: float = EPSILON) -> float:
 
     PSI = sum over bins of ``(p_i - q_i) * ln(p_i / q_i)``, with ``p`` the served and ``q``
     the reference proportions, each floored at ``epsilon`` so that empty bins stay finite
-    (Siddiqi, *Credit Risk Scorecards*, Wiley 2006, ch. 8 "system stability report";
-    Yurdakul, *Statistical Properties of Population Stability Index*, Western Michigan
-    University dissertation, 2018, eq. 1). Rules of thumb there: below 0.1 no significant
-    shift, 0.1 to 0.25 a moderate one, above 0.25 a significant one.
+    (Siddiqi, *Credit Risk Scorecards*, Wiley 2006, the system stability report; Yurdakul,
+    *Statistical Properties of Population Stability Index*, Western Michigan University
+    dissertation, 2018). Rules of thumb there: below 0.1 no significant shift, 0.1 to 0.25 a
+    moderate one, above 0.25 a significant one.
 
     :param observed: served counts per bin, shape ``(n_bins,)``.
     :param reference: reference counts per bin, same shape.
