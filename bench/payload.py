@@ -17,6 +17,9 @@ Sinks (``BENCH_SINKS``, comma-separated; default ``off,file,stalled,down``):
 
 Environment: ``BENCH_REPEATS`` (default 3), ``BENCH_SECONDS`` per measurement (default 5),
 ``BENCH_SCENARIOS`` (default ``iris_1,penguins_1``, names as in ``run.py``).
+
+``python bench/payload.py --costs`` times the payload log's own steps in this process instead
+(:func:`measure_costs`): no server, no wrk.
 """
 
 from __future__ import annotations
@@ -206,21 +209,37 @@ def measure(config: dict[str, Any]) -> dict[str, Any]:
                 order = sinks if repeat % 2 else list(reversed(sinks))
                 for scenario, (model, _, script) in bodies.items():
                     for sink in order:
+                        pid = by_sink[sink].process.pid
+                        used = server_cpu(pid)
                         result = run.run_wrk(
                             by_sink[sink].predict_url(model),
                             script,
                             config["connections"],
                             config["seconds"],
                         )
+                        result["server_cpu_us"] = (
+                            (server_cpu(pid) - used) / max(result["requests"], 1) * 1e6
+                        )
                         runs.append(
                             {"sink": sink, "scenario": scenario, "repeat": repeat, **result}
                         )
                         progress.step(
                             f"{scenario} {sink:<10} repeat {repeat}: "
-                            f"{result['rps']:.0f} req/s, p99 {result['p99_ms']:.1f} ms"
+                            f"{result['rps']:.0f} req/s, p99 {result['p99_ms']:.1f} ms, "
+                            f"{result['server_cpu_us']:.0f} us server CPU per request"
                         )
             counts = {sink: payload_counts(server) for sink, server in by_sink.items()}
     return {"runs": runs, "counts": counts, "summary": summarise(runs, sinks, list(bodies))}
+
+
+def server_cpu(pid: int) -> float:
+    """Return the CPU seconds (user and system) a Gunicorn master and its workers used so far."""
+    pids = [pid, *map(int, Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    ticks = 0
+    for process in pids:
+        fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -250,6 +269,7 @@ def summarise(runs: list[dict[str, Any]], sinks: list[str], scenarios: list[str]
                     "p50_ms": statistics.median(r["p50_ms"] for r in mine),
                     "p99_ms": statistics.median(r["p99_ms"] for r in mine),
                     "errors": statistics.median(r["errors"] for r in mine),
+                    "server_cpu_us": statistics.median(r["server_cpu_us"] for r in mine),
                     "vs_off": statistics.median(ratios) if ratios else None,
                 }
             )
@@ -259,14 +279,15 @@ def summarise(runs: list[dict[str, Any]], sinks: list[str], scenarios: list[str]
 def report(result: dict[str, Any]) -> str:
     """Return the Markdown tables: throughput per sink, then events sent and dropped."""
     lines = [
-        "| scenario | sink | req/s | x off | p50 ms | p99 ms | errors |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | sink | req/s | x off | p50 ms | p99 ms | errors | server CPU us/req |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in result["summary"]:
         ratio = "-" if row["vs_off"] is None else f"{row['vs_off']:.2f}"
         lines.append(
             f"| {row['scenario']} | {row['sink']} | {row['rps']:.0f} | {ratio} | "
-            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']:.0f} |"
+            f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['errors']:.0f} | "
+            f"{row['server_cpu_us']:.0f} |"
         )
     lines += ["", "| sink | events sent | dropped (by reason) |", "| --- | ---: | --- |"]
     for sink, counts in result["counts"].items():
@@ -284,158 +305,80 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def measure_inprocess(config: dict[str, Any]) -> dict[str, Any]:
-    """CPU time per request of each sink in this process, through the app's WSGI callable
-    (the fast path, as Gunicorn calls it; no sockets, no wrk), the sender thread included.
-
-    One app per sink; each round answers ``BENCH_REQUESTS`` requests per scenario with each
-    sink in turn (in reverse order on even rounds) and waits until a delivering sink has
-    sent their events, so its sender's CPU counts in its own round. CPU time is the whole
-    process's (``time.process_time``): other work on the machine does not change it.
-    """
-    import io
+def measure_costs() -> dict[str, float]:
+    """Microseconds of the payload log's own steps, in this process (the least of 5 timings):
+    a request's ``record`` when the queue is full (what a stalled or down sink costs), the
+    encoding of one request's two events for iris and penguins (the sender's work per
+    request), and one event built and written by the ``cloudevents`` package's
+    ``CloudEvent`` and ``JSONFormat`` against this server's formatter."""
     import time
+    import timeit
+    from datetime import datetime
 
-    from inference_app import create_app, metrics, payload, process
+    from inference_app import create_app, payload, process
+    from inference_app.core.dataplane import InferenceRequest
     from inference_app.demo import write_demo_bundles
 
-    process.cap_threads(1)  # as a Gunicorn worker of this server on its share of 2 CPUs
-
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
+    process.cap_threads(1)
     instance = WORK / "instance"
     write_demo_bundles(
         instance / "models", names=["iris", "penguins"], cache_dir=run.WORK / "cache"
     )
-    sinks, requests = config["sinks"], config["requests"]
-    rows: list[dict[str, Any]] = []
-    with stalled_sink() as stalled, _maybe_receiver(sinks) as healthy:
-        urls = {"stalled": stalled, "down": f"http://127.0.0.1:{run.free_port()}/"}
-        if healthy:
-            urls["http"] = healthy
-        apps, logs = {}, {}
-        for sink in sinks:
-            settings = {
-                key.removeprefix("INFERENCE_APP_"): value
-                for key, value in sink_env(sink, urls).items()
-                if key.startswith("INFERENCE_APP_")
-            }
-            for key in ("PAYLOAD_LOG_MAX_BYTES", "PAYLOAD_LOG_BATCH_SIZE", "PAYLOAD_LOG_BACKUPS"):
-                if key in settings:
-                    settings[key] = int(settings[key])
-            apps[sink] = create_app(settings, instance_path=instance)
-            logs[sink] = payload.current()
-        bodies = {}
-        for name in config["scenarios"]:
-            model, count, start = run.SCENARIOS[name]
-            bodies[name] = (
-                model,
-                run.request_body(run.scenario_rows(model, count, start)).encode(),
-            )
+    app = create_app(
+        {"PAYLOAD_LOG": f"http://127.0.0.1:{run.free_port()}/"}, instance_path=instance
+    )
+    dataplane = app.extensions["inference_app"].dataplane
+    log = payload.PayloadLog(payload.HTTPSink("http://127.0.0.1:9/", 0.5, 1), queue_size=1)
 
-        def answer(app: Any, model: str, body: bytes) -> None:
-            environ = {
-                "REQUEST_METHOD": "POST",
-                "PATH_INFO": f"/v1/models/{model}:predict",
-                "CONTENT_TYPE": "application/json",
-                "CONTENT_LENGTH": str(len(body)),
-                "wsgi.input": io.BytesIO(body),
-                "SERVER_NAME": "127.0.0.1",
-                "SERVER_PORT": "80",
-                "wsgi.url_scheme": "http",
-            }
-            status: list[str] = []
-            b"".join(app.wsgi_app(environ, lambda code, headers: status.append(code)))
-            if status != ["200 OK"]:
-                raise run.BenchError(f"{model}: {status}")
+    def least(call: Any, number: int) -> float:
+        return min(timeit.repeat(call, number=number, repeat=5)) / number * 1e6
 
-        def sent() -> float:
-            return float(metrics.PAYLOAD_SENT._value.get())
+    costs: dict[str, float] = {}
+    queued = {}
+    for model in ("iris", "penguins"):
+        name, rows, start = run.SCENARIOS[f"{model}_1"]
+        instances = run.instances(run.scenario_rows(name, rows, start))
+        result = dataplane.infer(InferenceRequest(model=model, instances=instances))
+        bundle = dataplane.registry.get(model, result.model_version)
+        now = time.time()
+        queued[model] = payload.Queued("7d3f0c9e2b6a4e1f", bundle, result, "native", None, now, now)
+        costs[f"encode_pair_{model}_us"] = least(lambda q=queued[model]: payload.encode(q), 2000)
+    iris = queued["iris"]
+    for _ in range(3):  # fill the queue (one request); its sender fails and waits
+        log.record("x", iris.bundle, iris.result, protocol="native")
+    costs["record_queue_full_us"] = least(
+        lambda: log.record("x", iris.bundle, iris.result, protocol="native"), 20000
+    )
+    from cloudevents.core.formats.json import JSONFormat
+    from cloudevents.core.v1.event import CloudEvent
 
-        for round_ in range(1, config["repeats"] + 1):
-            order = sinks if round_ % 2 else list(reversed(sinks))
-            for scenario, (model, body) in bodies.items():
-                for sink in order:
-                    payload.install(logs[sink])
-                    before = sent()
-                    cpu, wall = time.process_time(), time.perf_counter()
-                    for _ in range(requests):
-                        answer(apps[sink], model, body)
-                    if sink in ("file", "http", "http_batch"):
-                        expected = before + 2 * requests
-                        if not run.wait_until(lambda e=expected: sent() >= e, 60, interval=0.001):
-                            raise run.BenchError(f"{sink}: events not delivered in 60 s")
-                    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-                    rows.append(
-                        {
-                            "sink": sink,
-                            "scenario": scenario,
-                            "repeat": round_,
-                            "cpu_us": cpu / requests * 1e6,
-                            "wall_us": wall / requests * 1e6,
-                        }
-                    )
-                    print(
-                        f"round {round_} {scenario} {sink:<10} "
-                        f"{rows[-1]['cpu_us']:.0f} us CPU per request",
-                        flush=True,
-                    )
-        payload.install(None)
-    # The least CPU time of the rounds: other work on a shared machine only ever adds to it
-    # (stolen and contended cycles are charged to this process too), as for run.py's floor.
-    summary = []
-    for scenario in bodies:
-        cell = [r for r in rows if r["scenario"] == scenario]
-        off = min(r["cpu_us"] for r in cell if r["sink"] == "off") if "off" in sinks else None
-        for sink in sinks:
-            mine = [r for r in cell if r["sink"] == sink]
-            least = min(r["cpu_us"] for r in mine)
-            summary.append(
-                {
-                    "scenario": scenario,
-                    "sink": sink,
-                    "cpu_us": least,
-                    "cpu_us_median": statistics.median(r["cpu_us"] for r in mine),
-                    "wall_us": statistics.median(r["wall_us"] for r in mine),
-                    "vs_off": off / least if off else None,
-                }
-            )
-    return {"runs": rows, "summary": summary}
-
-
-def report_inprocess(result: dict[str, Any]) -> str:
-    """Return the Markdown table of :func:`measure_inprocess`."""
-    lines = [
-        "| scenario | sink | CPU us per request, least | x off | CPU us, median | wall us |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
-    ]
-    for row in result["summary"]:
-        ratio = "-" if row["vs_off"] is None else f"{row['vs_off']:.2f}"
-        lines.append(
-            f"| {row['scenario']} | {row['sink']} | {row['cpu_us']:.0f} | {ratio} | "
-            f"{row['cpu_us_median']:.0f} | {row['wall_us']:.0f} |"
-        )
-    return "\n".join(lines)
+    event = payload.orjson.loads(payload.encode(iris)[0])
+    data = event.pop("data")
+    attributes = {key: value for key, value in event.items() if key != "specversion"}
+    attributes["time"] = datetime.fromisoformat(event["time"])
+    formatter = JSONFormat()
+    costs["cloudevents_sdk_event_us"] = least(
+        lambda: formatter.write(CloudEvent(dict(attributes), data)), 5000
+    )
+    costs["own_event_us"] = least(
+        lambda: payload.orjson.dumps(
+            payload._event(iris, payload.REQUEST_TYPE, iris.received, data),
+            option=payload.JSON_OPTIONS,
+            default=payload._json_default,
+        ),
+        5000,
+    )
+    return costs
 
 
 def main() -> int:
     if sys.argv[1:2] == ["--receive"]:
         ThreadingHTTPServer(("127.0.0.1", int(sys.argv[2])), Receiver).serve_forever()
         return 0
-    if sys.argv[1:2] == ["--inprocess"]:
-        config = settings()
-        config["requests"] = int(os.environ.get("BENCH_REQUESTS", "2000"))
-        machine = run.machine()
-        print(f"payload logging, in process: {config}")
-        result = measure_inprocess(config)
-        machine["load_average_at_end"] = list(os.getloadavg())
-        print(report_inprocess(result))
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        path = run.RESULTS / f"payload-inprocess-{stamp}.json"
-        path.write_text(json.dumps({"settings": config, "machine": machine, **result}, indent=1))
-        print(f"\nraw results: {path.relative_to(run.REPO)}")
-        for events in WORK.glob("events.jsonl*"):
-            events.unlink()
+    if sys.argv[1:2] == ["--costs"]:
+        costs = measure_costs()
+        for key, value in costs.items():
+            print(f"{key}: {value:.1f}")
         return 0
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk (make bench-payload does)")

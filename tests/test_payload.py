@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -28,7 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_iris
 
 from inference_app import create_app, metrics, payload
-from inference_app.config import ConfigError
+from inference_app.config import DEFAULTS, ConfigError
 from inference_app.core.dataplane import InferenceRequest
 from inference_app.datasets import load_penguins
 from inference_app.demo import write_demo_bundles
@@ -679,3 +680,25 @@ def test_bad_payload_settings_stop_the_app_with_the_setting_named(
     with pytest.raises(ConfigError, match="PAYLOAD_LOG") as raised:
         create_app({"TESTING": True, **settings}, instance_path=instance)
     assert phrase in str(raised.value)
+
+
+def test_the_documented_events_settings_and_metrics_are_the_real_ones() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "operations.md").read_text()
+    section = text.split("\n## Payload logging\n", 1)[1].split("\n## ", 1)[0]
+    [example] = re.findall(r"```json\n(.*?)```", section, re.S)
+    found = pairs([json.loads(line) for line in example.splitlines()])
+    [events] = found.values()
+    assert set(events) == {"request", "response"}
+    assert list(events["request"]["data"]["inputs"]) == IRIS_NAMES
+    tables = re.findall(r"^\| `([A-Z_]+)`(?:, `([A-Z_]+)`)? \|", section, re.M)
+    documented = {name for row in tables for name in row if name}
+    assert documented == {key for key in DEFAULTS if key.startswith("PAYLOAD_LOG")}
+    named = set(re.findall(r"`(inference_app_payload_[a-z_]+)`", section))
+    assert named == {
+        "inference_app_payload_events_sent_total",
+        "inference_app_payload_events_dropped_total",
+    }
+    exposed = {
+        metric.describe()[0].name for metric in (metrics.PAYLOAD_SENT, metrics.PAYLOAD_DROPPED)
+    }
+    assert {name.removesuffix("_total") for name in named} == exposed
