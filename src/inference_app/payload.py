@@ -67,8 +67,6 @@ MAX_DRAIN = 256
 #: Seconds between the sender's looks at the queue: one wake-up per interval, however many
 #: requests (and an event's delay before it is written, at most about this).
 FLUSH_INTERVAL = 0.05
-#: Requests the sender encodes between two releases of the GIL.
-ENCODE_GROUP = 32
 #: Seconds the sender waits after a failed delivery before the next, doubled after each
 #: failure up to :data:`MAX_BACKOFF`, so a sink that is down costs a few attempts a second.
 MIN_BACKOFF = 0.1
@@ -504,9 +502,7 @@ class PayloadLog:
 
     def _encode(self, batch: list[Queued]) -> list[bytes]:
         events: list[bytes] = []
-        for index, queued in enumerate(batch):
-            if index and not index % ENCODE_GROUP:
-                time.sleep(0)  # let the request threads run: a long queue never holds one up
+        for queued in batch:
             try:
                 events.extend(encode(queued))
             except Exception:  # a bug here loses this request's events, not the thread
