@@ -872,7 +872,7 @@ def score_file(
     columns = output_columns(bundle, options)
     encoder = Encoder(target, tuple(columns), output_schema(columns, bundle))
     # The pool forks first: before this process opens the output or starts a thread.
-    with _pool(bundle_path, options, encoder, workers) as pool, _Output(output_path) as handle:
+    with _pool(bundle, options, encoder, workers) as pool, _Output(output_path) as handle:
         writer = Writer(handle, encoder)
         bar = tqdm(
             total=reader.count_rows() if show else None,
@@ -905,20 +905,21 @@ def score_file(
 
 @contextlib.contextmanager
 def _pool(
-    bundle_path: Path, options: Options, encoder: Encoder, workers: int
+    bundle: Bundle, options: Options, encoder: Encoder, workers: int
 ) -> Iterator[Executor | None]:
     """Yield a pool of ``workers`` processes, each with its scorer, or ``None`` for one
     worker; stop the processes at the end, at once if the job failed."""
     if workers == 1:
         yield None
         return
-    # fork: the processes start from this one's imports; each loads the bundle and makes
-    # its engine (an onnxruntime session must not cross a fork).
+    # fork: the processes start from this one's imports and its loaded, verified bundle
+    # (shared pages, not loaded again); each makes its engine (an onnxruntime session must
+    # not cross a fork).
     pool = ProcessPoolExecutor(
         workers,
         mp_context=multiprocessing.get_context("fork"),
         initializer=_start_worker,
-        initargs=(bundle_path, options, encoder, workers),
+        initargs=(bundle, options, encoder, workers),
     )
     try:
         # The processes fork at the first task. This process's objects are frozen then, so
@@ -983,13 +984,13 @@ def _scorer(bundle: Bundle, options: Options) -> Scorer:
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(bundle_path: Path, options: Options, encoder: Encoder, workers: int) -> None:
-    """Initialise a pool process: cap its native threads to its share of the CPUs, load the
-    bundle, make the scorer. An error is kept and raised by the first chunk, so that the
-    parent reports it (an initializer that raises breaks the pool without saying why)."""
+def _start_worker(bundle: Bundle, options: Options, encoder: Encoder, workers: int) -> None:
+    """Initialise a pool process: cap its native threads to its share of the CPUs, make the
+    scorer of the bundle the parent loaded. An error is kept and raised by the first chunk, so
+    that the parent reports it (an initializer that raises breaks the pool without saying
+    why)."""
     cap_threads(max(1, available_cpus() // workers))
     try:
-        bundle = load_bundle(bundle_path, strict_sklearn_version=options.strict_sklearn_version)
         _WORKER["scorer"] = _scorer(bundle, options)
         _WORKER["encoder"] = encoder
     except Exception as error:  # raised again, in the parent, by the first chunk
