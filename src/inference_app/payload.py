@@ -411,7 +411,8 @@ class PayloadLog:
     ) -> None:
         """Queue one answered request for logging, if sampled; see :func:`record`."""
         try:
-            if self.sample < 1.0 and random.random() >= self.sample:  # nosec B311 - sampling
+            # Sampling, not a secret: the standard generator is the right one.
+            if self.sample < 1.0 and random.random() >= self.sample:  # nosec B311
                 return
             if self._pid != os.getpid():
                 self._start()
