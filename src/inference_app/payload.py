@@ -18,14 +18,14 @@ response, which their ``type`` tells apart, as KServe's inference logger does), 
 (:data:`REQUEST_TYPE`, :data:`RESPONSE_TYPE`), ``time`` (RFC 3339, UTC), ``datacontenttype``
 and the extension attributes ``modelname``, ``modelversion`` and ``protocol``. The file sink
 writes one event per line; the HTTP sink POSTs them in structured content mode, one event per
-request (``application/cloudevents+json``) or, with a batch size above 1, batched content mode
+POST (``application/cloudevents+json``) or, with a batch size above 1, batched content mode
 (``application/cloudevents-batch+json``), per the HTTP protocol binding (``http-protocol-
 binding.md``, sections 3.2 and 3.3).
 
 The events are formatted here with orjson rather than with the ``cloudevents`` package:
-building and writing one event through its ``CloudEvent`` and ``JSONFormat`` took 14.0 µs
-against 3.3 µs here (iris, one row; ``bench/payload.py --costs``), and the sender thread shares
-the CPU with the requests. The tests read every event back with that package.
+building and writing one event through its ``CloudEvent`` and ``JSONFormat`` took 14-15 µs
+against 2-3 µs here (iris, one row; ``bench/payload.py --costs``, bench/RESULTS.md), and the
+sender thread shares the CPU with the requests. The tests read every event back with that package.
 """
 
 from __future__ import annotations
