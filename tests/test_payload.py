@@ -4,11 +4,11 @@ sink, sinks that stall or are down, rotation across workers, and no secrets in t
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
 import re
-import socket
 import threading
 import time
 from collections import Counter
@@ -497,29 +497,15 @@ def test_http_sink_receives_structured_mode_events(
 
 @pytest.fixture
 def stalled_sink() -> Iterator[str]:
-    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
-    listener.settimeout(0.2)
-    held: list[socket.socket] = []
-    done = threading.Event()
-
-    def accept() -> None:
-        while not done.is_set():
-            try:
-                held.append(listener.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
-    finally:
-        done.set()
-        thread.join(5)
-        for connection in held:
-            connection.close()
-        listener.close()
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: the bench's."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_payload", Path(__file__).resolve().parents[1] / "bench" / "payload.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with bench.stalled_sink() as url:
+        yield url
 
 
 @pytest.mark.parametrize("sink", ["stalled", "down"])
