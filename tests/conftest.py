@@ -1,4 +1,5 @@
-"""Shared fixtures: demo bundles fitted once per session, and the app, client and runner."""
+"""Shared fixtures: demo bundles fitted once per session, the app, client and runner, and
+Gunicorn servers stopped after each test."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from inference_app import create_app
 from inference_app.core.bundle import load_bundle, write_bundle
 from inference_app.demo import DEMO_VERSION, DEMOS, load_demo_data, write_demo_bundles
+from servers import Server, start_gunicorn, stop, wait_ready
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +70,19 @@ def client(app: Flask) -> FlaskClient:
 def runner() -> CliRunner:
     """A runner of the ``inference-app`` command."""
     return CliRunner()
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[Any]:
+    """Start Gunicorn servers for one test and stop them all afterwards."""
+    servers: list[Server] = []
+
+    def start(instance: Path, **settings: str) -> Server:
+        server = start_gunicorn(instance, tmp_path / f"gunicorn-{len(servers)}.log", **settings)
+        servers.append(server)
+        wait_ready(server)
+        return server
+
+    yield start
+    for server in servers:
+        stop(server)

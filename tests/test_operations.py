@@ -7,7 +7,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,9 +25,7 @@ from servers import (
     Server,
     free_port,
     log_lines,
-    start_gunicorn,
     stop,
-    wait_ready,
     wait_until,
 )
 
@@ -43,22 +41,6 @@ def instance(tmp_path: Path) -> Path:
     folder = tmp_path / "instance"
     write_demo_bundles(folder / "models", names=DEMOS)
     return folder
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Any]:
-    """Start Gunicorn servers for one test and stop them all afterwards."""
-    servers: list[Server] = []
-
-    def start(instance: Path, **settings: str) -> Server:
-        server = start_gunicorn(instance, tmp_path / f"gunicorn-{len(servers)}.log", **settings)
-        servers.append(server)
-        wait_ready(server)
-        return server
-
-    yield start
-    for server in servers:
-        stop(server)
 
 
 def samples(server: Server, metric: str) -> list[Any]:

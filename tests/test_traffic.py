@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,6 @@ from servers import (
     log_lines,
     start_gunicorn,
     stop,
-    wait_ready,
     wait_until,
 )
 
@@ -572,22 +570,6 @@ def test_a_bad_traffic_file_on_reload_keeps_the_previous_routing(
 
 
 # Against real Gunicorn, 2 workers.
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Any]:
-    """Start Gunicorn servers for one test and stop them all afterwards."""
-    servers: list[Server] = []
-
-    def start(instance: Path, **settings: str) -> Server:
-        server = start_gunicorn(instance, tmp_path / f"gunicorn-{len(servers)}.log", **settings)
-        servers.append(server)
-        wait_ready(server)
-        return server
-
-    yield start
-    for server in servers:
-        stop(server)
 
 
 def post_rows(
