@@ -4,6 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTANCE ?= instance
+# Defined before the rules that list them as prerequisites (make expands those as it reads).
+# KServe's Python SDK, whose InferenceGRPCClient a test runs against the server, pins pandas
+# below 3 (and FastAPI, psutil...): it gets a virtualenv of its own rather than this one's pins.
+KSERVE_VENV := .venv-kserve
+KSERVE_VERSION ?= 0.21.0
+# MLServer, the gRPC baseline of `make bench`, pins FastAPI below 0.116 (this project's bench
+# extra has a newer one): a virtualenv of its own, with this one's scikit-learn so that it
+# loads the same bundles.
+MLSERVER_VENV := bench/work/mlserver-venv
+MLSERVER_VERSION ?= 1.7.1
 
 .PHONY: serve test lint demo bench bench-batch bench-payload grpc-stubs kserve-client clean
 
@@ -27,10 +37,6 @@ lint: $(VENV)/.installed-dev ## ruff, mypy, bandit, and pip-audit where advisori
 	$(BIN)/bandit -q -r src
 	$(BIN)/python scripts/audit.py
 
-# KServe's Python SDK, whose InferenceGRPCClient a test runs against the server, pins pandas
-# below 3 (and FastAPI, psutil...): it gets a virtualenv of its own rather than this one's pins.
-KSERVE_VENV := .venv-kserve
-KSERVE_VERSION ?= 0.21.0
 kserve-client: $(KSERVE_VENV)/.installed ## Install KServe's SDK in .venv-kserve for the gRPC tests
 $(KSERVE_VENV)/.installed:
 	$(PYTHON) -m venv $(KSERVE_VENV)
@@ -56,12 +62,8 @@ bench: $(VENV)/.installed $(MLSERVER_VENV)/.installed ## Benchmark against seed 
 	fi
 	$(BIN)/python bench/run.py
 
-# MLServer, the gRPC baseline of `make bench`, pins FastAPI below 0.116 (this project's bench
-# extra has a newer one): a virtualenv of its own, with this one's scikit-learn so that it
-# loads the same bundles. Its inference pool (MLServer 1.7.1) calls asyncio.get_event_loop()
-# in each new worker process, which uvloop 0.22 and later refuse.
-MLSERVER_VENV := bench/work/mlserver-venv
-MLSERVER_VERSION ?= 1.7.1
+# MLServer (see MLSERVER_VENV above): its inference pool (1.7.1) calls
+# asyncio.get_event_loop() in each new worker process, which uvloop 0.22 and later refuse.
 $(MLSERVER_VENV)/.installed: $(VENV)/.installed
 	$(PYTHON) -m venv $(MLSERVER_VENV)
 	$(MLSERVER_VENV)/bin/pip install -q 'mlserver==$(MLSERVER_VERSION)' \
