@@ -56,7 +56,8 @@ RUN mkdir -p instance/models /tmp/metrics \
     && if [ "$DEMO_MODELS" = 1 ]; then inference-app init-demo --instance-path instance; fi
 
 USER 10001:10001
-EXPOSE 8000
+# HTTP, and the Open Inference Protocol over gRPC (INFERENCE_APP_GRPC_PORT; 0 turns it off).
+EXPOSE 8000 8081
 # Liveness only (the process answers); /health/ready is for load balancers. The port is
 # GUNICORN_BIND's first address, 8000 unless overridden at run time.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

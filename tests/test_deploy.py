@@ -212,12 +212,18 @@ def test_dockerfile_runs_as_a_numeric_non_root_user() -> None:
     assert user.isdigit() and int(user) != 0, users[-1]
 
 
+def exposed_ports() -> list[int]:
+    """Return the ports the runtime stage exposes, in order."""
+    exposed = final_stage().all("EXPOSE")
+    return [int(port.split("/")[0]) for args in exposed for port in args.split()]
+
+
 def test_dockerfile_serves_on_port_8000_with_the_instance_folder() -> None:
     """The runtime stage exposes the port Gunicorn binds and sets the environment the server
     reads; its files are where the environment says."""
     stage = final_stage()
     env = stage.env()
-    assert [args.split("/")[0] for args in stage.all("EXPOSE")] == ["8000"]
+    assert exposed_ports() == [8000, 8081]  # HTTP, and gRPC (on by default under Gunicorn)
     assert env["GUNICORN_BIND"] == "0.0.0.0:8000"
     assert env["INFERENCE_APP_INSTANCE_PATH"] == "/app/instance"
     assert env["PROMETHEUS_MULTIPROC_DIR"] == "/tmp/metrics"
@@ -465,8 +471,8 @@ def test_probes_use_the_health_routes_on_the_served_port() -> None:
         assert http_get["path"] == path, probe
         assert container_port(container, http_get["port"]) == port, probe
     assert port == port_of(final_stage().env()["GUNICORN_BIND"])
-    assert [int(args.split("/")[0]) for args in final_stage().all("EXPOSE")] == [port]
     grpc_port = int(env_of(container)["INFERENCE_APP_GRPC_PORT"])
+    assert exposed_ports() == [port, grpc_port]
     assert container["readinessProbe"]["grpc"] == {"port": grpc_port}
     assert container_port(container, "grpc") == grpc_port
     ports = {item["name"]: item for item in manifest("Service")["spec"]["ports"]}
@@ -577,9 +583,7 @@ def test_kserve_inference_service_is_a_v2_custom_predictor() -> None:
     assert container["name"] == "kserve-container"
     assert container["image"] == server_container(manifest("Deployment"))["image"]
     (port,) = container["ports"]
-    assert [int(args.split("/")[0]) for args in final_stage().all("EXPOSE")] == [
-        port["containerPort"]
-    ]
+    assert exposed_ports()[0] == port["containerPort"]
     env = env_of(container)
     assert env["PROTOCOL"] == "v2"
     assert port_of(env["GUNICORN_BIND"]) == port["containerPort"]
