@@ -10,7 +10,7 @@ import shutil
 import signal
 import subprocess
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,6 @@ from servers import (
     START_TIMEOUT,
     Server,
     log_lines,
-    start_gunicorn,
-    stop,
     wait_ready,
     wait_until,
 )
@@ -748,21 +746,16 @@ def test_the_documented_queries_parse_and_name_real_series(tmp_path: Path) -> No
 
 
 @pytest.fixture
-def gunicorn(tmp_path: Path, demo_models: Path) -> Iterator[Callable[..., Server]]:
-    """Start Gunicorn servers (2 workers) over the demo bundles; stop them afterwards."""
-    servers: list[Server] = []
+def gunicorn(tmp_path: Path, demo_models: Path, launch: Any) -> Callable[..., Server]:
+    """Start Gunicorn servers (2 workers) over the demo bundles; stopped afterwards."""
     instance = tmp_path / "instance"
     shutil.copytree(demo_models, instance / "models")
 
     def start(**settings: str) -> Server:
-        server = start_gunicorn(instance, tmp_path / f"gunicorn-{len(servers)}.log", **settings)
-        servers.append(server)
-        wait_ready(server)
+        server: Server = launch(instance, **settings)
         return server
 
-    yield start
-    for server in servers:
-        stop(server)
+    return start
 
 
 def served_report(server: Server, name: str, request_id: str | None = None) -> dict[str, Any]:
