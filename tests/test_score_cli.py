@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 from flask.testing import FlaskClient
@@ -345,6 +347,67 @@ def test_two_workers_write_what_one_writes(
     assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
     assert "2 workers" in two.stdout.splitlines()[0]
     assert two.stdout.splitlines()[2] == one.stdout.splitlines()[2]
+
+
+def grouped_penguins(path: Path) -> Path:
+    """Write the penguins to Parquet in row groups of 50 rows, an unknown island at row 120
+    (the third group) and a missing one at row 260 (the sixth)."""
+    frame = dataset("penguins")
+    frame.loc[120, "island"] = "Atlantis"
+    frame.loc[260, "island"] = None
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, row_group_size=50)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 7
+    return path
+
+
+def score_in_process(instance: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """Run the installed command in its own process (a pool forks it, not pytest)."""
+    script = Path(sys.executable).with_name("inference-app")
+    return subprocess.run(
+        [str(script), "score", *arguments, "--instance-path", str(instance)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("target", FORMATS)
+def test_two_workers_read_parquet_row_groups_themselves_and_write_what_one_writes(
+    score: Callable[..., Result], instance: Path, tmp_path: Path, target: str
+) -> None:
+    given = grouped_penguins(tmp_path / "grouped.parquet")
+    options = ["--on-error", "mark", "--chunk-rows", "20"]
+    one = score("penguins", given, tmp_path / f"one{FORMATS[target]}", *options)
+    assert one.exit_code == 0, one.output
+
+    output = tmp_path / f"two{FORMATS[target]}"
+    two = score_in_process(
+        instance, "penguins", str(given), str(output), "--workers", "2", *options
+    )
+
+    assert two.returncode == 0, two.stderr
+    scores = read(output)
+    assert scores.equals(read(tmp_path / f"one{FORMATS[target]}"))
+    assert scores["row"].tolist() == list(range(344))
+    assert scores["error"][120] == BAD_ROWS[5] and scores["error"][260] == BAD_ROWS[8]
+    assert two.stdout.splitlines()[2] == one.stdout.splitlines()[2]
+    assert "344 read, 342 scored, 2 refused" in two.stdout
+
+
+def test_two_workers_name_the_first_refused_row_of_a_later_row_group(
+    instance: Path, tmp_path: Path
+) -> None:
+    given = grouped_penguins(tmp_path / "grouped.parquet")
+
+    result = score_in_process(
+        instance, "penguins", str(given), str(tmp_path / "out.csv"), "--workers", "2"
+    )
+
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("Error: row 120, feature 'island': 'Atlantis' is not a category"), line
+    no_leftovers(tmp_path, given)
 
 
 def test_two_workers_stop_at_the_first_refused_row(

@@ -541,18 +541,50 @@ def _line_ends(lines: bytes) -> np.ndarray | None:
     return ends
 
 
+@dataclass(frozen=True)
+class ParquetGroup:
+    """One row group of a Parquet file, named by :class:`ParquetReader` and read where it is
+    scored (in a worker process), in record batches of ``chunk_rows`` rows.
+
+    :param path: the file.
+    :param group: the row group's index.
+    :param columns: the feature columns read.
+    :param chunk_rows: rows per batch.
+    """
+
+    path: Path
+    group: int
+    columns: tuple[str, ...]
+    chunk_rows: int
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """Yield the row group's rows in order.
+
+        :raises BatchError: a corrupt row group.
+        """
+        with _opened(self.path, "Parquet"):
+            file = pq.ParquetFile(self.path)
+            yield from file.iter_batches(
+                batch_size=self.chunk_rows, row_groups=[self.group], columns=list(self.columns)
+            )
+
+
 class ParquetReader:
     """Read a Parquet file in record batches of ``chunk_rows`` rows, the feature columns
-    only.
+    only; with ``split``, name its row groups instead (:class:`ParquetGroup`), for worker
+    processes to read, when it has more than one.
 
     :raises BatchError: (on opening) not a Parquet file, a feature column missing.
     """
 
     format = "parquet"
 
-    def __init__(self, path: Path, features: Sequence[Feature], chunk_rows: int) -> None:
+    def __init__(
+        self, path: Path, features: Sequence[Feature], chunk_rows: int, *, split: bool = False
+    ) -> None:
         self.path = path
         self.chunk_rows = chunk_rows
+        self.split = split
         with _opened(path, "Parquet"):
             self.file = pq.ParquetFile(path)
         names = self.file.schema_arrow.names
@@ -574,6 +606,13 @@ class ParquetReader:
         :raises BatchError: a corrupt row group.
         """
         offset = 0
+        metadata = self.file.metadata
+        if self.split and metadata.num_row_groups > 1:
+            for group in range(metadata.num_row_groups):
+                table = ParquetGroup(self.path, group, tuple(self.columns), self.chunk_rows)
+                yield Chunk(offset, table)
+                offset += metadata.row_group(group).num_rows
+            return
         with _opened(self.path, "Parquet"):
             for batch in self.file.iter_batches(batch_size=self.chunk_rows, columns=self.columns):
                 yield Chunk(offset, batch)
@@ -854,11 +893,14 @@ def score_file(
     bundle = load_bundle(bundle_path, strict_sklearn_version=options.strict_sklearn_version)
     check_options(bundle, options)
     features, rows = bundle.manifest.inputs, max(1, chunk_rows)
-    reader: Reader = (
-        CsvReader(input_path, features, rows, split=workers > 1)
-        if source == "csv"
-        else READERS[source](input_path, features, rows)
-    )
+    # With workers, CSV lines and Parquet row groups are read where they are scored.
+    reader: Reader
+    if source == "csv":
+        reader = CsvReader(input_path, features, rows, split=workers > 1)
+    elif source == "parquet":
+        reader = ParquetReader(input_path, features, rows, split=workers > 1)
+    else:
+        reader = READERS[source](input_path, features, rows)
     summary = Summary(
         bundle.name,
         bundle.version,
@@ -1000,7 +1042,39 @@ def _start_worker(bundle: Bundle, options: Options, encoder: Encoder, workers: i
 def _score_in_worker(chunk: Chunk) -> Done:
     if "error" in _WORKER:
         raise _WORKER["error"]
-    return finish_chunk(_WORKER["scorer"], _WORKER["encoder"], chunk)
+    scorer, encoder = _WORKER["scorer"], _WORKER["encoder"]
+    if not isinstance(chunk.table, ParquetGroup):
+        return finish_chunk(scorer, encoder, chunk)
+    # A row group, read here in batches: one Done for all of them, written as one.
+    done: list[Done] = []
+    offset = chunk.offset
+    for batch in chunk.table.batches():
+        done.append(finish_chunk(scorer, encoder, Chunk(offset, batch)))
+        offset += batch.num_rows
+    return _merged(done, encoder, scorer.engine.name)
+
+
+def _merged(done: Sequence[Done], encoder: Encoder, engine: str) -> Done:
+    """Return consecutive chunks' outputs as one :class:`Done`, their payloads joined."""
+    refused: Counter[str] = Counter()
+    unseen: Counter[str] = Counter()
+    for part in done:
+        refused.update(part.refused)
+        unseen.update(part.unseen)
+    payload: bytes | pa.Table
+    if encoder.format == "parquet":
+        tables = [part.payload for part in done if isinstance(part.payload, pa.Table)]
+        payload = pa.concat_tables(tables) if tables else encoder.schema.empty_table()
+    else:
+        payload = b"".join(part.payload for part in done if isinstance(part.payload, bytes))
+    return Done(
+        payload,
+        rows=sum(part.rows for part in done),
+        scored=sum(part.scored for part in done),
+        refused=dict(refused),
+        unseen=dict(unseen),
+        engine=engine,
+    )
 
 
 class _Output:
