@@ -868,8 +868,9 @@ def score_file(
     Formats follow the extensions (:data:`FORMATS`). The input is read ``chunk_rows`` rows
     at a time and each chunk is scored, then written, in order, so memory stays flat
     whatever the file's size; with ``workers > 1`` a pool of that many processes scores up
-    to :data:`CHUNKS_PER_WORKER` chunks each ahead of the writer, each process loading the
-    bundle and making its engine itself. The output is written to a hidden temporary file
+    to :data:`CHUNKS_PER_WORKER` chunks each ahead of the writer (a Parquet file's row groups,
+    when it has several, each read by the process that scores it), each process forked with
+    the loaded bundle and making its engine itself. The output is written to a hidden temporary file
     beside ``output_path`` and renamed to it at the end: a job that stops leaves no file.
 
     :param bundle_path: the bundle's version folder (:func:`find_bundle`).
