@@ -232,7 +232,9 @@ def main() -> int:
             model_rows = big if hasattr(estimator, "feature_names_in_") else big.to_numpy()
             sources = {"csv": WORK / f"{name}.csv", "parquet": WORK / f"{name}.parquet"}
             big.to_csv(sources["csv"], index=False)
-            big.to_parquet(sources["parquet"], index=False)
+            # in 100,000-row row groups, as Spark and most writers split a file (pandas
+            # writes one group up to 1,048,576 rows): `score` workers read their own
+            big.to_parquet(sources["parquet"], index=False, row_group_size=100_000)
             small = WORK / f"{name}-10k.csv"
             big.iloc[:10_000].to_csv(small, index=False)
             http_rows = big.iloc[: min(rows, 100_000)]
