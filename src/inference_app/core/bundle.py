@@ -30,6 +30,7 @@ from inference_app.core.features import (
     HISTOGRAM_BINS,
     LAYOUTS,
     REFERENCE_ROWS,
+    Description,
     Feature,
     allows_nan,
     describe,
@@ -234,7 +235,9 @@ def write_bundle(
         ``skops.io.get_untrusted_types`` at packaging time, in ``trusted_types``).
     :param onnx: also store a conversion to ONNX (``model.onnx``), kept only if its outputs
         on the sample match scikit-learn's (:mod:`inference_app.core.compiled`); when it
-        cannot be made, the bundle is written without it and its warnings say why.
+        cannot be made or differs, whatever the reason, the bundle is still written, without
+        it, and its warnings say why in one line. ``inference-app package`` and ``init-demo``
+        pass ``True`` unless told ``--no-onnx``.
     :returns: the bundle as the server will load it.
     :raises BundleError: a bad name or version, an estimator without ``predict`` or not
         fitted, a sample that does not fit it, a non-numeric feature, or an existing bundle
@@ -267,16 +270,7 @@ def write_bundle(
     conversion: Conversion | None = None
     notes: tuple[str, ...] = ()
     if onnx:
-        try:
-            conversion = compiled.convert(
-                estimator,
-                description.data,
-                _describe_estimator(estimator)["methods"],
-                layout=description.layout,
-            )
-        except BundleError as error:
-            notes = (f"no ONNX runtime for {name} {version}, scikit-learn serves it: {error}",)
-            logger.warning(notes[0])
+        conversion, notes = _convert(estimator, description, name, version)
     manifest = Manifest(
         name=name,
         version=version,
@@ -310,6 +304,40 @@ def write_bundle(
     return Bundle(
         manifest=manifest, estimator=estimator, path=target, warnings=notes, onnx=conversion
     )
+
+
+def _convert(
+    estimator: Any, description: Description, name: str, version: str
+) -> tuple[Conversion | None, tuple[str, ...]]:
+    """Return the checked ONNX conversion of ``estimator``, or ``None`` and one line saying
+    why there is none.
+
+    Whatever goes wrong (skl2onnx refuses the estimator, onnxruntime refuses the model or
+    fails on the sample, the outputs differ), the bundle is still written: scikit-learn
+    serves it.
+    """
+    try:
+        conversion = compiled.convert(
+            estimator,
+            description.data,
+            _describe_estimator(estimator)["methods"],
+            layout=description.layout,
+        )
+    except BundleError as error:
+        reason = str(error)
+    except Exception as error:  # skl2onnx and onnxruntime fail in many ways; none stops packaging
+        reason = f"the conversion failed: {type(error).__name__}: {error}"
+    else:
+        return conversion, ()
+    note = f"no ONNX model for {name} {version}, scikit-learn serves it: {_one_line(reason)}"
+    logger.info(note)  # the caller shows the bundle's warnings (``package`` prints them)
+    return None, (note,)
+
+
+def _one_line(message: str) -> str:
+    """Return ``message``'s lines, stripped, joined with ``"; "`` (skl2onnx's errors span
+    several)."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def load_bundle(path: str | os.PathLike[str], *, strict_sklearn_version: bool = False) -> Bundle:

@@ -1,6 +1,7 @@
-"""An optional compiled runtime: estimators converted to ONNX (skl2onnx), run by onnxruntime.
+"""The compiled runtime: estimators converted to ONNX (skl2onnx), run by onnxruntime.
 
-Both libraries are the ``onnx`` extra. A conversion is kept only when its outputs on the
+Both libraries are dependencies: ``inference-app package`` and ``init-demo`` convert by
+default (``--no-onnx`` skips it). A conversion is kept only when its outputs on the
 training sample match scikit-learn's: labels exactly, probabilities within
 :data:`TOLERANCE`. Sessions are created in each serving process, never before ``fork``.
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -117,17 +119,19 @@ def convert(
     try:
         from skl2onnx import to_onnx
     except ImportError:
-        raise BundleError("skl2onnx is not installed: pip install 'inference-app[onnx]'") from None
+        raise BundleError(
+            "skl2onnx is not installed (a dependency of inference-app): pip install skl2onnx"
+        ) from None
     options = {id(estimator): {"zipmap": False}} if "predict_proba" in methods else None
     if layout != "matrix":
         return _convert_typed(estimator, sample, methods, layout, options)
-    reasons = []
+    reasons: list[tuple[str, str]] = []
     for dtype in ("float64", "float32"):
         rows = sample.astype(dtype)
         try:
             model = to_onnx(estimator, rows[:1], options=options).SerializeToString()
         except Exception as error:  # skl2onnx raises many kinds for unsupported estimators
-            reasons.append(f"{dtype}: skl2onnx cannot convert it: {type(error).__name__}: {error}")
+            reasons.append((dtype, f"skl2onnx cannot convert it: {type(error).__name__}: {error}"))
             continue
         session = session_for(model)
         names = [output.name for output in session.get_outputs()]
@@ -138,8 +142,20 @@ def convert(
         problem = _mismatch(estimator, sample, outputs, results)
         if problem is None:
             return Conversion(model=model, input_dtype=dtype, outputs=outputs)
-        reasons.append(f"{dtype}: {problem}")
-    raise BundleError("no ONNX conversion matches scikit-learn: " + "; ".join(reasons))
+        reasons.append((dtype, problem))
+    raise _no_match(reasons)
+
+
+def _no_match(reasons: list[tuple[str, str]]) -> BundleError:
+    """Return the error saying why no attempt matched: each attempt's label and reason, the
+    labels of attempts failing alike joined (``float64, float32: skl2onnx cannot ...``)."""
+    labels: dict[str, list[str]] = {}
+    for label, reason in reasons:
+        labels.setdefault(reason, []).append(label)
+    return BundleError(
+        "no ONNX conversion matches scikit-learn: "
+        + "; ".join(f"{', '.join(names)}: {reason}" for reason, names in labels.items())
+    )
 
 
 def _outputs(methods: tuple[str, ...], names: list[str]) -> dict[str, str]:
@@ -164,7 +180,7 @@ def _convert_typed(
     all_options: dict[int, dict[str, Any]] = dict(text_options)
     if options:
         all_options[id(converted)] = dict(options[id(estimator)])
-    reasons = []
+    reasons: list[tuple[str, str]] = []
     for label, dtypes in attempts:
         initial_types = [
             (name, getattr(data_types, TENSOR_TYPES[dtype])([None, 1]))
@@ -175,17 +191,17 @@ def _convert_typed(
                 converted, initial_types=initial_types, options=all_options or None
             ).SerializeToString()
         except Exception as error:  # skl2onnx raises many kinds for unsupported estimators
-            reasons.append(f"{label}: skl2onnx cannot convert it: {type(error).__name__}: {error}")
+            reasons.append((label, f"skl2onnx cannot convert it: {type(error).__name__}: {error}"))
             continue
         try:
             session = session_for(model, quiet=True)
         except BundleError as error:  # e.g. a float64 input meeting a float-only kernel
-            reasons.append(f"{label}: {error}")
+            reasons.append((label, str(error)))
             continue
         present = [item.name for item in session.get_inputs()]
         renamed = [name for name in present if name not in dtypes]
         if renamed:
-            reasons.append(f"{label}: skl2onnx renamed the inputs {renamed}")
+            reasons.append((label, f"skl2onnx renamed the inputs {renamed}"))
             continue
         inputs = {name: dtype for name, dtype in dtypes.items() if name in present}
         outputs = _outputs(methods, [output.name for output in session.get_outputs()])
@@ -195,8 +211,8 @@ def _convert_typed(
             return Conversion(
                 model=model, input_dtype="typed", outputs=outputs, inputs=inputs, layout=layout
             )
-        reasons.append(f"{label}: {_missing_strings(sample, layout, inputs, problem, check)}")
-    raise BundleError("no ONNX conversion matches scikit-learn: " + "; ".join(reasons))
+        reasons.append((label, _missing_strings(sample, layout, inputs, problem, check)))
+    raise _no_match(reasons)
 
 
 def _check(
@@ -378,7 +394,13 @@ def _mismatch(
     estimator: Any, sample: Any, outputs: dict[str, str], results: dict[str, Any]
 ) -> str | None:
     for method, name in outputs.items():
-        expected = np.asarray(getattr(estimator, method)(sample))
+        with warnings.catch_warnings():
+            # A model fitted on a DataFrame and given its matrix, as the server gives it
+            # (core.dataplane ignores this warning too).
+            warnings.filterwarnings(
+                "ignore", message="X does not have valid feature names", category=UserWarning
+            )
+            expected = np.asarray(getattr(estimator, method)(sample))
         got = np.asarray(results[name]).reshape(expected.shape)
         if expected.dtype.kind in "fc" and method != "predict" or expected.dtype.kind == "f":
             difference = float(np.max(np.abs(got - expected))) if expected.size else 0.0
@@ -406,7 +428,7 @@ def session_for(model: bytes, *, quiet: bool = False) -> Any:
         import onnxruntime
     except ImportError:
         raise BundleError(
-            "onnxruntime is not installed: pip install 'inference-app[onnx]'"
+            "onnxruntime is not installed (a dependency of inference-app): pip install onnxruntime"
         ) from None
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "1") or 1)

@@ -87,23 +87,36 @@ class OnnxEngine:
 
 
 def engine_for(bundle: Bundle, setting: str) -> Engine:
-    """Return the engine for ``bundle`` under the ``RUNTIME`` setting.
+    """Return the engine for ``bundle`` under the ``RUNTIME`` setting, as :func:`engine_name`
+    chooses it.
+
+    :raises BundleError: ``onnx`` and the bundle has no ONNX model, or onnxruntime refuses it.
+    """
+    if engine_name(bundle, setting) == SklearnEngine.name:
+        return SklearnEngine(bundle)
+    return OnnxEngine(bundle)
+
+
+def engine_name(bundle: Bundle, setting: str) -> str:
+    """Return ``"onnx"`` or ``"sklearn"``: the engine :func:`engine_for` makes for ``bundle``
+    under the ``RUNTIME`` setting, without making it (no onnxruntime session).
 
     ``auto``: the bundle's ONNX model when it has one and onnxruntime is installed, else
     scikit-learn; ``sklearn``; ``onnx``: every bundle must have an ONNX model.
 
-    :raises BundleError: ``onnx`` and the bundle has no ONNX model, or onnxruntime refuses it.
+    :raises BundleError: ``onnx`` and the bundle has no ONNX model.
     """
     if setting == "sklearn" or (
         setting == "auto" and (bundle.onnx is None or not onnx_available())
     ):
-        return SklearnEngine(bundle)
+        return SklearnEngine.name
     if bundle.onnx is None:
         raise BundleError(
             f"model {bundle.name!r} version {bundle.version!r} has no ONNX model "
-            "(RUNTIME is onnx): package it with --onnx"
+            "(RUNTIME is onnx): package it again without --no-onnx; if its conversion was not "
+            "exact on the sample, `inference-app package` says why"
         )
-    return OnnxEngine(bundle)
+    return OnnxEngine.name
 
 
 def refused(error: ValueError) -> InvalidInputError:
