@@ -29,6 +29,17 @@ def demo_instance(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return instance
 
 
+@pytest.fixture(scope="session")
+def onnx_demo_instance(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An instance folder with the numeric demo bundles as ``init-demo`` ships them: each with
+    its ONNX conversion, checked on the training data."""
+    instance = tmp_path_factory.mktemp("onnx-instance")
+    written = write_demo_bundles(instance / "models", names=DEMOS, onnx=True)
+    assert all(item.bundle is not None and item.bundle.onnx is not None for item in written)
+    shutil.copy(Path(__file__).parents[1] / "instance" / "config.py", instance / "config.py")
+    return instance
+
+
 @pytest.fixture
 def app(demo_instance: Path) -> Iterator[Flask]:
     """The app over the demo bundles, warmed up, in testing mode."""

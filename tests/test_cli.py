@@ -14,17 +14,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import joblib
+import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner, Result
 from sklearn.datasets import load_wine
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
-from inference_app import cli
+from inference_app import cli, create_app
 from inference_app.cli import main
 from inference_app.core.bundle import load_bundle, write_bundle
+from inference_app.core.compiled import TOLERANCE
 from inference_app.core.errors import BundleError
 from inference_app.demo import DEMOS, write_demo_bundles
 
@@ -80,7 +82,10 @@ def test_init_demo_writes_keeps_and_rewrites(runner: CliRunner, tmp_path: Path) 
         assert f"wrote   {name} version 1" in first.output
         assert (models / name / "1" / "model.json").is_file()
         assert (models / name / "1" / "model.joblib").is_file()
+        assert (models / name / "1" / "model.onnx").is_file()  # ONNX by default
         assert load_bundle(models / name / "1").name == name
+        wrote = f"wrote   {name} version 1 to {models / name / '1'}\n"
+        assert f"{wrote}        with an ONNX model (" in first.stdout
 
     tampered = models / "iris" / "1" / "model.joblib"
     with tampered.open("ab") as handle:
@@ -94,12 +99,17 @@ def test_init_demo_writes_keeps_and_rewrites(runner: CliRunner, tmp_path: Path) 
     assert "wrote" not in second.output
     assert tampered.read_bytes() == changed
 
-    third = runner.invoke(main, ["init-demo", "--instance-path", str(instance), "--force"])
+    third = runner.invoke(
+        main, ["init-demo", "--instance-path", str(instance), "--force", "--no-onnx"]
+    )
 
     assert third.exit_code == 0, third.output
+    assert "ONNX" not in third.output
     for name in DEMOS:
         assert f"wrote   {name} version 1" in third.output
-        load_bundle(models / name / "1")  # the rewritten iris file matches its checksum again
+        # the rewritten iris file matches its checksum again; no conversion is kept
+        assert load_bundle(models / name / "1").onnx is None
+        assert not (models / name / "1" / "model.onnx").exists()
     assert tampered.read_bytes() != changed
 
 
@@ -251,6 +261,120 @@ def test_package_keeps_an_existing_version_unless_forced(
     assert forced.exit_code == 0, forced.output
     assert manifest.read_text(encoding="utf-8") != edited
     assert load_bundle(manifest.parent).version == "1"
+
+
+def served_lines(result: Result) -> dict[str, str]:
+    """Return the ``models`` command's lines, by their model and version (``wine 1``)."""
+    lines = [line for line in result.stdout.splitlines() if line.startswith(("serve", "REFUSED"))]
+    return {" ".join(line.split(":")[0].split()[1:3]): line for line in lines}
+
+
+def test_package_converts_to_onnx_by_default_and_the_server_runs_it(
+    runner: CliRunner,
+    tmp_path: Path,
+    wine: tuple[pd.DataFrame, Pipeline],
+    wine_files: tuple[Path, Path],
+) -> None:
+    frame, estimator = wine
+    instance = tmp_path / "instance"
+
+    result = runner.invoke(main, package_args(*wine_files, instance, "1"))
+
+    assert result.exit_code == 0, result.output
+    assert "with an ONNX model (float64 input), checked on the sample" in result.stdout
+    assert "warning" not in result.output
+    folder = instance / "models" / "wine" / "1"
+    manifest = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    assert manifest["onnx"]["file"] == "model.onnx"
+    assert (
+        manifest["onnx"]["sha256"]
+        == hashlib.sha256((folder / "model.onnx").read_bytes()).hexdigest()
+    )
+    listed = runner.invoke(main, ["models", "--instance-path", str(instance)])
+    assert listed.exit_code == 0, listed.output
+    assert served_lines(listed)["wine 1"].endswith(", 13 features, runtime onnx")
+    client = create_app({"TESTING": True}, instance_path=instance).test_client()
+    assert client.get("/v1/models/wine").get_json()["runtime"] == "onnx"
+    records = json.loads(frame.to_json(orient="records"))
+    for method in ("predict", "predict_proba"):
+        answer = client.post(
+            "/v1/models/wine:predict", json={"instances": records, "method": method}
+        )
+        assert answer.status_code == 200, answer.get_json()
+        expected = getattr(estimator, method)(frame)
+        if method == "predict":
+            assert answer.get_json()["predictions"] == expected.tolist()
+        else:
+            np.testing.assert_allclose(
+                answer.get_json()["predictions"], expected, atol=TOLERANCE, rtol=0
+            )
+
+
+def test_no_onnx_packages_for_scikit_learn_and_runtime_onnx_refuses_that_bundle(
+    runner: CliRunner,
+    tmp_path: Path,
+    wine_files: tuple[Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    instance = tmp_path / "instance"
+    assert runner.invoke(main, package_args(*wine_files, instance, "1")).exit_code == 0
+    assert runner.invoke(main, package_args(*wine_files, instance, "2")).exit_code == 0
+    stale = instance / "models" / "wine" / "2" / "model.onnx"
+    assert stale.is_file()
+
+    skipped = runner.invoke(
+        main, [*package_args(*wine_files, instance, "2"), "--force", "--no-onnx"]
+    )
+
+    assert skipped.exit_code == 0, skipped.output
+    assert "without an ONNX model (--no-onnx): scikit-learn serves it" in skipped.stdout
+    assert not stale.exists()  # the replaced bundle's conversion is gone with it
+    assert json.loads(stale.with_name("model.json").read_text(encoding="utf-8"))["onnx"] is None
+    listed = served_lines(runner.invoke(main, ["models", "--instance-path", str(instance)]))
+    assert listed["wine 1"].endswith("runtime onnx")
+    assert listed["wine 2"].endswith("runtime sklearn")
+
+    monkeypatch.setenv("INFERENCE_APP_RUNTIME", "onnx")
+    refused = runner.invoke(main, ["models", "--instance-path", str(instance)])
+
+    assert_one_error_line(refused, "some bundles are refused; the server will not start")
+    listed = served_lines(refused)
+    assert listed["wine 1"].endswith("runtime onnx")
+    assert listed["wine 2"].startswith(
+        "REFUSED wine 2: model 'wine' version '2' has no ONNX model (RUNTIME is onnx)"
+    )
+    with pytest.raises(BundleError, match="has no ONNX model"):
+        create_app(instance_path=instance)
+
+
+def test_a_conversion_that_fails_still_packages_saying_why_in_one_line(
+    runner: CliRunner, tmp_path: Path, wine: tuple[pd.DataFrame, Pipeline]
+) -> None:
+    frame, fitted = wine
+    # skl2onnx converts a FunctionTransformer only when it is the identity.
+    estimator = make_pipeline(
+        FunctionTransformer(np.log1p), StandardScaler(), LogisticRegression(max_iter=1000)
+    ).fit(frame, fitted.predict(frame))
+    joblib.dump(estimator, tmp_path / "logs.joblib")
+    frame.to_csv(tmp_path / "wine.csv", index=False)
+    instance = tmp_path / "instance"
+
+    result = runner.invoke(
+        main, package_args(tmp_path / "logs.joblib", tmp_path / "wine.csv", instance, "1")
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output and result.stderr == ""
+    [line] = [line for line in result.stdout.splitlines() if "ONNX" in line]
+    assert line.startswith("warning: no ONNX model for wine 1, scikit-learn serves it: ")
+    assert "float64, float32: skl2onnx cannot convert it: RuntimeError: FunctionTransformer" in line
+    folder = instance / "models" / "wine" / "1"
+    assert not (folder / "model.onnx").exists()
+    bundle = load_bundle(folder)
+    assert bundle.onnx is None
+    assert bundle.estimator.predict(frame).tolist() == estimator.predict(frame).tolist()
+    listed = runner.invoke(main, ["models", "--instance-path", str(instance)])
+    assert served_lines(listed)["wine 1"].endswith("runtime sklearn")
 
 
 def test_models_lists_the_highest_version_as_default_and_refuses_tampered(

@@ -107,6 +107,29 @@ def test_an_unconvertible_estimator_is_packaged_without_onnx_saying_why(tmp_path
     assert "skl2onnx cannot convert" in bundle.warnings[0]
 
 
+def test_a_float64_model_onnxruntime_refuses_is_tried_in_float32() -> None:
+    rows, target, _ = load_demo_data("breast_cancer")
+    # onnxruntime's Imputer has no float64 kernel, so it refuses the float64 conversion.
+    estimator = make_pipeline(
+        SimpleImputer(), StandardScaler(), LogisticRegression(max_iter=2000)
+    ).fit(rows, target)
+    conversion = convert(estimator, rows, METHODS)
+    assert conversion.input_dtype == "float32"
+    _assert_same_answers(_compiled(conversion, estimator), estimator, rows)
+
+
+def test_the_reasons_of_attempts_failing_alike_are_said_once() -> None:
+    rows, target, _ = load_demo_data("iris")
+    model = make_pipeline(FunctionTransformer(np.sqrt), DecisionTreeClassifier(random_state=0))
+    with pytest.raises(BundleError) as refused:
+        convert(model.fit(rows, target), rows, METHODS)
+    reason = str(refused.value)
+    assert reason.startswith(
+        "no ONNX conversion matches scikit-learn: float64, float32: skl2onnx cannot convert it: "
+    )
+    assert reason.count("skl2onnx cannot convert it") == 1
+
+
 def test_a_tampered_onnx_file_is_refused(onnx_models: Path, tmp_path: Path) -> None:
     import shutil
 

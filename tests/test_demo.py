@@ -10,13 +10,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
 from inference_app import create_app
+from inference_app.cli import main
 from inference_app.core.bundle import load_bundle, write_bundle
 from inference_app.datasets import load_penguins, load_tweets
 from inference_app.demo import (
+    CACHE_DIR,
     DEMO_VERSION,
     DEMOS,
     TYPED_DEMOS,
@@ -214,6 +217,44 @@ def test_onnx_conversion_of_a_typed_pipeline_serves_the_same_answers(tmp_path: P
     np.testing.assert_allclose(
         answer.get_json()["predictions"], model.predict_proba(frame), atol=1e-5
     )
+
+
+def test_init_demo_ships_onnx_where_the_conversion_is_exact(
+    tmp_path: Path, tweets_cache: Path
+) -> None:
+    instance = tmp_path / "instance"
+    shutil.copytree(tweets_cache, instance / CACHE_DIR)  # no download
+    shutil.copy(Path(__file__).parents[1] / "instance" / "config.py", instance / "config.py")
+
+    result = CliRunner().invoke(main, ["init-demo", "--instance-path", str(instance)])
+
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    notes = {
+        line.split()[1]: lines[index + 1].strip()
+        for index, line in enumerate(lines)
+        if line.startswith("wrote")
+    }
+    assert list(notes) == [*DEMOS, *TYPED_DEMOS]
+    assert len(lines) == 2 * len(notes)  # one line each about ONNX, nothing else
+    for name in ("iris", "diabetes"):
+        assert notes[name].startswith("with an ONNX model (float64 input), checked on the training")
+    assert notes["breast_cancer"].startswith("with an ONNX model (float32 input)")
+    assert notes["penguins"].startswith("with an ONNX model (one input per column)")
+    # skl2onnx tokenises the word pairs otherwise: the check on the tweets refuses it.
+    assert notes["sentiment"].startswith(
+        "no ONNX model for sentiment 1, scikit-learn serves it: no ONNX conversion matches "
+        "scikit-learn: string input: predict gives other labels on "
+    )
+    client = create_app({"TESTING": True}, instance_path=instance).test_client()
+    runtimes = {name: client.get(f"/v1/models/{name}").get_json()["runtime"] for name in notes}
+    assert runtimes == {**dict.fromkeys([*DEMOS, "penguins"], "onnx"), "sentiment": "sklearn"}
+    frame, _ = load_penguins()
+    records = json.loads(frame.to_json(orient="records"))
+    answer = client.post("/v1/models/penguins:predict", json={"instances": records})
+    penguins = load_bundle(instance / "models" / "penguins" / DEMO_VERSION).estimator
+    assert answer.get_json()["predictions"] == penguins.predict(frame).tolist()
 
 
 def test_onnx_fallback_says_why(tmp_path: Path, tweets_cache: Path) -> None:

@@ -182,6 +182,19 @@ def test_the_fast_path_answers_exactly_as_the_flask_route(
     assert spy.answered == 1
 
 
+@pytest.mark.parametrize(("path", "body"), SUCCESSES + V2_SUCCESSES)
+def test_with_onnx_bundles_the_fast_path_answers_exactly_as_the_flask_route(
+    onnx_demo_instance: Path, path: str, body: dict[str, Any]
+) -> None:
+    app = create_app({"TESTING": True}, instance_path=onnx_demo_instance)
+    model = path.split("/")[3].split(":")[0]
+    assert app.test_client().get(f"/v1/models/{model}").get_json()["runtime"] == "onnx"
+    fast, slow, spy = clients(app)
+
+    assert_same(post(fast, path, body), post(slow, path, body))
+    assert spy.answered == 1
+
+
 @pytest.mark.parametrize(("path", "body"), FAILURES + V2_FAILURES)
 def test_every_error_is_left_to_the_flask_route(app: Flask, path: str, body: Any) -> None:
     fast, slow, spy = clients(app)

@@ -214,6 +214,26 @@ def test_infer_full_dataset_matches_in_process(
     assert_output(body["outputs"][0], method, getattr(model, method)(rows), model)
 
 
+@pytest.mark.parametrize(
+    ("name", "method"), [(name, method) for name, outputs in OUTPUTS.items() for method in outputs]
+)
+def test_onnx_bundles_answer_alike_over_v1_and_v2(
+    onnx_demo_instance: Path, name: str, method: str
+) -> None:
+    client = create_app({"TESTING": True}, instance_path=onnx_demo_instance).test_client()
+    assert client.get(f"/v1/models/{name}").get_json()["runtime"] == "onnx"
+    rows = load_demo_data(name)[0]
+    native = client.post(
+        f"/v1/models/{name}:predict", json={"instances": rows.tolist(), "method": method}
+    )
+    assert native.status_code == 200, native.get_json()
+    request = {"inputs": [tensor(rows.ravel().tolist(), list(rows.shape))]}
+    body = post(client, f"/v2/models/{name}/infer", {**request, "outputs": [{"name": method}]})
+    (output,) = body["outputs"]
+    assert output["shape"] == list(np.shape(native.get_json()["predictions"]))
+    assert output["data"] == np.ravel(native.get_json()["predictions"]).tolist()
+
+
 def test_versioned_infer(server: FlaskClient) -> None:
     body = post(server, "/v2/models/iris/versions/1/infer", {"inputs": [tensor()]})
     assert body["model_version"] == "1" and body["outputs"][0]["data"] == ["setosa"]

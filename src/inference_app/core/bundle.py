@@ -229,7 +229,8 @@ def write_bundle(
     :param version: the version, one path segment; the highest version is served by default.
     :param feature_names: the column names when ``sample`` is an array; default the
         estimator's ``feature_names_in_``, else ``x0``, ``x1``, ...
-    :param overwrite: replace an existing bundle of the same name and version.
+    :param overwrite: replace an existing bundle of the same name and version (its
+        ``model.onnx`` is removed when the new one has none).
     :param format: ``"joblib"`` (a pickle: loading it runs code) or ``"skops"`` (loads only
         the types skops trusts plus those recorded here as reviewed, the output of
         ``skops.io.get_untrusted_types`` at packaging time, in ``trusted_types``).
@@ -301,6 +302,8 @@ def write_bundle(
         _write_atomically(target / ONNX_FILE, conversion.model)
     text = json.dumps(manifest.to_dict(), indent=2, allow_nan=False) + "\n"
     _write_atomically(target / MANIFEST_FILE, text.encode())
+    if conversion is None:  # a replaced bundle's conversion, which the new manifest disowns
+        (target / ONNX_FILE).unlink(missing_ok=True)
     return Bundle(
         manifest=manifest, estimator=estimator, path=target, warnings=notes, onnx=conversion
     )

@@ -133,13 +133,19 @@ def convert(
         except Exception as error:  # skl2onnx raises many kinds for unsupported estimators
             reasons.append((dtype, f"skl2onnx cannot convert it: {type(error).__name__}: {error}"))
             continue
-        session = session_for(model)
+        try:
+            session = session_for(model, quiet=True)
+        except BundleError as error:  # e.g. a float64 input meeting a float-only kernel
+            reasons.append((dtype, str(error)))
+            continue
         names = [output.name for output in session.get_outputs()]
         outputs = _outputs(methods, names)
-        results = dict(
-            zip(names, session.run(None, {session.get_inputs()[0].name: rows}), strict=True)
-        )
-        problem = _mismatch(estimator, sample, outputs, results)
+        try:
+            got = session.run(None, {session.get_inputs()[0].name: rows})
+        except Exception as error:  # onnxruntime's errors share no useful base class
+            reasons.append((dtype, f"onnxruntime fails on the sample: {error}"))
+            continue
+        problem = _mismatch(estimator, sample, outputs, dict(zip(names, got, strict=True)))
         if problem is None:
             return Conversion(model=model, input_dtype=dtype, outputs=outputs)
         reasons.append((dtype, problem))
@@ -206,7 +212,11 @@ def _convert_typed(
         inputs = {name: dtype for name, dtype in dtypes.items() if name in present}
         outputs = _outputs(methods, [output.name for output in session.get_outputs()])
         check = functools.partial(_check, session, estimator, layout, inputs, outputs)
-        problem = check(sample)
+        try:
+            problem = check(sample)
+        except Exception as error:  # onnxruntime's errors share no useful base class
+            reasons.append((label, f"onnxruntime fails on the sample: {error}"))
+            continue
         if problem is None:
             return Conversion(
                 model=model, input_dtype="typed", outputs=outputs, inputs=inputs, layout=layout
