@@ -55,22 +55,23 @@ BIN = Path(sys.executable).parent
 #: Configurations of this server: a name and the environment it is started with, on top of
 #: ``gunicorn -c gunicorn.conf.py wsgi:app`` (GUNICORN_* and INFERENCE_APP_* settings).
 #: Add a profile to benchmark another configuration: it becomes the server ``app:<name>``.
-#: ``BENCH_BUNDLES=onnx`` serves demo bundles packaged with their ONNX conversions.
+#: Every profile serves the demo bundles as ``init-demo`` writes them, with their ONNX
+#: conversions where exact (all but sentiment): ``default`` runs them on onnxruntime
+#: (``RUNTIME=auto``), ``sklearn`` the same bundles on scikit-learn.
 PROFILES: dict[str, dict[str, str]] = {
     "default": {"GUNICORN_WORKERS": "2"},
-    "onnx": {"GUNICORN_WORKERS": "2", "BENCH_BUNDLES": "onnx"},
+    "sklearn": {"GUNICORN_WORKERS": "2", "INFERENCE_APP_RUNTIME": "sklearn"},
     "best": {
         "GUNICORN_WORKERS": "2",
         "GUNICORN_THREADS": "4",
         "GUNICORN_WORKER_CLASS": "gthread",
         "INFERENCE_APP_BATCHING": "true",
-        "BENCH_BUNDLES": "onnx",
     },
 }
 #: The profiles compared for the ONNX target (issue 6, item 4): the same server with the ONNX
 #: runtime and with scikit-learn's. Not measured while PROFILES has no such profile.
-ONNX_PROFILE = "onnx"
-SKLEARN_PROFILE = "default"
+ONNX_PROFILE = "default"
+SKLEARN_PROFILE = "sklearn"
 #: The baselines every server is compared with (apps in ``bench/baselines/``), each with the
 #: demo models it serves.
 BASELINES: dict[str, tuple[str, ...]] = {
@@ -608,11 +609,7 @@ def app_spec(
             "GUNICORN_BIND": "127.0.0.1:{port}",
             # gRPC (8081 by default) only where a profile asks, on a port of its own.
             "INFERENCE_APP_GRPC_PORT": "0",
-            "INFERENCE_APP_INSTANCE_PATH": str(
-                instance.with_name(f"{instance.name}-onnx")
-                if env.get("BENCH_BUNDLES") == "onnx"
-                else instance
-            ),
+            "INFERENCE_APP_INSTANCE_PATH": str(instance),
             **extra,
             **env,
         },
@@ -994,20 +991,15 @@ def before_checkout(revision: str) -> Iterator[Before]:
         remove_worktree(tree)
 
 
-def demo_bundles(instance: Path, onnx: bool) -> dict[str, str]:
-    """Write every demo bundle into ``instance/models`` (and the ONNX-packaged ones into
-    ``instance-onnx/models`` when ``onnx``); return the demos skipped, with why."""
+def demo_bundles(instance: Path) -> dict[str, str]:
+    """Write every demo bundle into ``instance/models`` as ``init-demo`` does, with its ONNX
+    conversion where exact; return the demos skipped, with why."""
     from inference_app.demo import write_demo_bundles
 
     print(f"Writing the demo bundles into {instance / 'models'}", flush=True)
-    written = write_demo_bundles(instance / "models", overwrite=True, cache_dir=WORK / "cache")
-    if onnx:
-        write_demo_bundles(
-            instance.with_name(f"{instance.name}-onnx") / "models",
-            overwrite=True,
-            onnx=True,
-            cache_dir=WORK / "cache",
-        )
+    written = write_demo_bundles(
+        instance / "models", overwrite=True, onnx=True, cache_dir=WORK / "cache"
+    )
     return {w.name: w.skipped for w in written if w.skipped}
 
 
@@ -1020,8 +1012,7 @@ def run_throughput(settings: Settings) -> dict[str, Any]:
         *BASELINES,
     ]
     instance = WORK / "instance"
-    onnx = any(PROFILES.get(n[4:], {}).get("BENCH_BUNDLES") == "onnx" for n in wanted)
-    skipped = demo_bundles(instance, onnx=onnx)
+    skipped = demo_bundles(instance)
     models = {s.model for s in scenarios.values()}
     for model in models & set(skipped):
         raise BenchError(f"the {model} demo was not written: {skipped[model]}")
@@ -1147,8 +1138,9 @@ PROTOCOL_SCENARIOS = ("iris_1", "breast_cancer_100")
 PROTOCOL_CONNECTIONS = (8,)
 #: The servers of the comparison, in the order of the table.
 PROTOCOL_SERVERS = ("app v2 rest", "app grpc", "mlserver grpc")
-#: This server's profile serving both: default settings, gRPC on.
-PROTOCOL_PROFILE = "default"
+#: This server's profile serving both, gRPC on: the scikit-learn runtime, as MLServer runs the
+#: same model.joblib files with scikit-learn, so that only the protocols differ.
+PROTOCOL_PROFILE = SKLEARN_PROFILE
 #: h2load threads (at most one per connection); every stream waits for its answer (-m1).
 H2LOAD_THREADS = 2
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
@@ -1362,7 +1354,7 @@ def run_protocols(settings: Settings) -> dict[str, Any]:
         )
     instance = WORK / "instance"
     if not (instance / "models").exists():
-        demo_bundles(instance, onnx=False)
+        demo_bundles(instance)
     scenarios = {name: SCENARIOS[name] for name in PROTOCOL_SCENARIOS}
     models = {s.model for s in scenarios.values()}
     files = {m: instance / "models" / m / "1" / "model.joblib" for m in models}
