@@ -65,15 +65,19 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048)
 #
 #   workers - Processes serving requests; each holds a copy-on-write view of the models
 #       loaded by the master. Roughly one per core.
-#   threads - Threads per worker; above 1 the gthread worker is used.
+#   worker_class, threads - gthread workers of 4 threads: connections are kept alive (no TCP
+#       handshake per request), a client that sends its request slowly holds one thread, not
+#       the worker, and onnxruntime and scikit-learn release the GIL while they predict. It
+#       was the fastest class for this app on every scenario of bench/RESULTS.md (sync,
+#       gthread 1 to 8 threads, gevent); sync workers close the connection after each answer.
 #   timeout - Seconds a worker may stay silent before the master restarts it.
 #   graceful_timeout - Seconds a worker has to finish its requests after a restart signal.
 #   keepalive - Seconds to wait for the next request on a keep-alive connection.
 #   max_requests, max_requests_jitter - Restart a worker after this many requests (0: never).
 
 workers = _env_int("GUNICORN_WORKERS", 2)
-threads = _env_int("GUNICORN_THREADS", 1)
-worker_class = _env("GUNICORN_WORKER_CLASS", "gthread" if threads > 1 else "sync")
+threads = _env_int("GUNICORN_THREADS", 4)
+worker_class = _env("GUNICORN_WORKER_CLASS", "gthread")
 timeout = _env_int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _env_int("GUNICORN_GRACEFUL_TIMEOUT", 30)
 keepalive = _env_int("GUNICORN_KEEPALIVE", 5)
@@ -81,6 +85,14 @@ max_requests = _env_int("GUNICORN_MAX_REQUESTS", 0)
 max_requests_jitter = _env_int("GUNICORN_MAX_REQUESTS_JITTER", max_requests // 10)
 if os.path.isdir("/dev/shm"):
     worker_tmp_dir = "/dev/shm"
+
+# HTTP parsing
+#
+#   http_parser - "fast": gunicorn_h1c's C parser (a dependency), and the server refuses to
+#       start without it; "python": Gunicorn's own parser; "auto": the C one when importable.
+#       The master logs the parser in use when it is ready.
+
+http_parser = _env_choice("GUNICORN_HTTP_PARSER", "fast", ("fast", "python", "auto"))
 
 # Application
 #
@@ -164,6 +176,7 @@ def when_ready(server):
     for listener in server.LISTENERS:
         address = str(listener).replace("0.0.0.0", "127.0.0.1")
         server.log.info("inference-app listening at %s; API docs at %s/docs", address, address)
+    server.log.info("HTTP parser: %s", _parser_in_use(server.cfg))
     port = os.environ.get("INFERENCE_APP_METRICS_PORT")
     if port:
         from prometheus_client import start_http_server
@@ -173,6 +186,17 @@ def when_ready(server):
         address = os.environ.get("INFERENCE_APP_METRICS_ADDR", "127.0.0.1")
         start_http_server(int(port), addr=address, registry=metrics.multiprocess_registry())
         server.log.info("metrics at http://%s:%s/metrics", address, port)
+
+
+def _parser_in_use(cfg):
+    """Name the HTTP parser Gunicorn's workers use with these settings."""
+    from gunicorn.http import message
+
+    if not message._check_fast_parser(cfg):
+        return "Gunicorn's Python parser"
+    import gunicorn_h1c
+
+    return f"gunicorn_h1c {getattr(gunicorn_h1c, '__version__', '')} (C)".replace("  ", " ")
 
 
 def pre_fork(server, worker):
