@@ -6,13 +6,15 @@ import gc
 import os
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask
 from threadpoolctl import threadpool_limits
 
-from inference_app import metrics, monitoring
-from inference_app.http.api import EXTENSION, Services
+if TYPE_CHECKING:
+    from flask import Flask
+
+# The serving modules (Flask app, metrics, monitoring) are imported by the hooks that use
+# them: `inference-app score` imports this module for its CPU count and thread cap only.
 
 #: Environment variables read by native thread pools that start after the cap is set.
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -63,6 +65,9 @@ def warm_up(app: Flask) -> None:
 
     :raises inference_app.core.errors.BundleError: a model fails on its reference rows.
     """
+    from inference_app import metrics, monitoring
+    from inference_app.http.api import EXTENSION, Services
+
     services: Services = app.extensions[EXTENSION]
     services.dataplane.warm_up()
     metrics.record_served(services.registry)
@@ -81,9 +86,10 @@ def reload(holder: Any) -> tuple[bool, str]:
         the preloaded Flask app.
     :returns: whether the new models are in place, and a sentence saying what happened.
     """
-    from inference_app import create_app
+    from inference_app import create_app, metrics
     from inference_app.config import ConfigError
     from inference_app.core.errors import BundleError, RefusedBundlesError
+    from inference_app.http.api import EXTENSION
 
     old: Flask = holder.wsgi()
     try:
