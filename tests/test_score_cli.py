@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -788,3 +789,150 @@ def test_a_malformed_line_read_by_a_worker_is_named_in_the_file(
     assert result.exit_code == 1, result.output
     assert result.stderr.splitlines() == [f"Error: {given}:40: 7 cells for 6 columns"]
     no_leftovers(tmp_path, given)
+
+
+def first_line(result: Result) -> str:
+    """Return the summary's first line: model, method, runtime, workers."""
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()[0]
+
+
+def test_auto_scores_a_small_file_in_one_worker_and_says_why(
+    score: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch, "available_cpus", lambda: 2)
+    given = write(dataset("penguins"), tmp_path / "penguins.csv")
+    grouped = grouped_penguins(tmp_path / "grouped.parquet")
+    per_worker = f"{2 * batch.AUTO_ROWS_PER_WORKER:,}"
+
+    for source in (given, grouped):
+        # auto is the default; the fixture asks for 1 worker unless told
+        output = tmp_path / "out.csv"
+        line = first_line(
+            score("penguins", source, output, "--workers", "auto", "--on-error", "mark")
+        )
+        assert line.endswith(f", 1 worker (auto: 344 rows; 2 need {per_worker})"), line
+
+
+@pytest.mark.parametrize("source", ["parquet", "csv", "jsonl"])
+def test_auto_takes_as_many_workers_as_rows_row_groups_and_cpus_allow(
+    runner: CliRunner,
+    instance: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    # Lowered thresholds stand for millions of rows; the forked workers inherit them.
+    monkeypatch.setattr(batch, "AUTO_ROWS_PER_WORKER", 50)
+    monkeypatch.setattr(batch, "available_cpus", lambda: 3)
+    if source == "parquet":
+        given = grouped_penguins(tmp_path / "grouped.parquet")  # 7 row groups of 50 rows
+    else:
+        given = write(bad_penguins(), tmp_path / f"penguins{FORMATS[source]}")
+    options = ["--on-error", "mark", "--chunk-rows", "40", "--instance-path", str(instance)]
+
+    def run(output: str, *more: str) -> Result:
+        return runner.invoke(main, ["score", "penguins", str(given), output, *options, *more])
+
+    one = run(str(tmp_path / "one.csv"), "--workers", "1")
+    auto = run(str(tmp_path / "auto.csv"))
+    assert first_line(one).endswith(", 1 worker")
+    assert first_line(auto).endswith(", 3 workers (auto: 3 CPUs)")
+
+    monkeypatch.setattr(batch, "AUTO_ROWS_PER_WORKER", 150)  # 344 rows: 2 workers
+    fewer = run(str(tmp_path / "fewer.csv"))
+    assert first_line(fewer).endswith(", 2 workers (auto: 344 rows; 3 need 450)")
+
+    for name, result in (("auto", auto), ("fewer", fewer)):
+        assert (tmp_path / f"{name}.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+        assert result.stdout.splitlines()[2] == one.stdout.splitlines()[2]  # rows, refused
+
+
+def test_auto_takes_no_more_workers_than_parquet_row_groups(
+    runner: CliRunner, instance: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch, "AUTO_ROWS_PER_WORKER", 10)
+    monkeypatch.setattr(batch, "available_cpus", lambda: 4)
+    table = pa.Table.from_pandas(dataset("penguins"), preserve_index=False)
+    expected = None
+    for groups, row_group_size in ((1, 344), (2, 200)):
+        given = tmp_path / f"groups-{groups}.parquet"
+        pq.write_table(table, given, row_group_size=row_group_size)
+        output = tmp_path / f"out-{groups}.parquet"
+        arguments = ["score", "penguins", str(given), str(output)]
+        result = runner.invoke(main, [*arguments, "--instance-path", str(instance)])
+        # one row group is read by the command's own process: a worker would only wait
+        plural = "s" if groups > 1 else ""
+        assert first_line(result).endswith(
+            f", {groups} worker{plural} (auto: {groups} row group{plural})"
+        )
+        scores = read(output)
+        assert scores["row"].tolist() == list(range(344))
+        expected = scores if expected is None else expected
+        assert scores.equals(expected)
+
+
+def test_an_explicit_worker_count_is_obeyed(
+    score: Callable[..., Result], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(batch, "available_cpus", lambda: 2)
+    given = grouped_penguins(tmp_path / "grouped.parquet")
+    outputs = {}
+    for threshold, asked in ((10**9, "2"), (10, "1"), (10**9, "3")):
+        monkeypatch.setattr(batch, "AUTO_ROWS_PER_WORKER", threshold)  # auto would say 1, 2, 1
+        output = tmp_path / f"out-{asked}.parquet"
+        line = first_line(
+            score("penguins", given, output, "--workers", asked, "--on-error", "mark")
+        )
+        assert line.endswith(f", {asked} worker{'s' if asked != '1' else ''}"), line
+        outputs[asked] = read(output)
+    assert outputs["2"].equals(outputs["1"]) and outputs["3"].equals(outputs["1"])
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", ""])
+def test_a_worker_count_that_is_neither_auto_nor_a_number_is_a_usage_error(
+    score: Callable[..., Result], tmp_path: Path, value: str
+) -> None:
+    given = write(dataset("iris"), tmp_path / "iris.csv")
+
+    result = score("iris", given, tmp_path / "out.csv", "--workers", value)
+
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: Invalid value for '--workers': {value!r} is neither 'auto' nor a whole "
+        "number of at least 1"
+    )
+    no_leftovers(tmp_path, given)
+
+
+@pytest.mark.parametrize("source", ["csv", "jsonl"])
+def test_auto_estimates_a_big_text_files_rows_from_its_size_or_counts_them_for_progress(
+    runner: CliRunner,
+    instance: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    source: str,
+) -> None:
+    frame = pd.concat([dataset("breast_cancer")] * 4, ignore_index=True)  # 2,276 rows
+    given = write(frame, tmp_path / f"cancer{FORMATS[source]}")
+    monkeypatch.setattr(batch, "SAMPLE_BYTES", 16384)  # stands for a file of gigabytes
+    monkeypatch.setattr(batch, "AUTO_ROWS_PER_WORKER", 2000)
+    features = load_bundle(instance / "models" / "breast_cancer" / "1").manifest.inputs
+    reader = batch.READERS[source](given, features, 1000)
+    assert isinstance(reader, batch.CsvReader | batch.JsonLinesReader)
+
+    estimated, exact = reader.estimate_rows()
+
+    assert not exact and abs(estimated - len(frame)) < 0.05 * len(frame)
+    assert reader.count_rows() == len(frame)
+    monkeypatch.setattr(batch, "available_cpus", lambda: 2)  # 2 workers, were there rows
+    arguments = ["score", "breast_cancer", str(given), str(tmp_path / "out.csv")]
+    quiet = runner.invoke(main, [*arguments, "--instance-path", str(instance)])
+    shown = runner.invoke(main, [*arguments, "--progress", "--instance-path", str(instance)])
+
+    # Without a progress bar the rows are estimated (two significant digits shown); the
+    # bar's count is exact.
+    found = re.search(r", 1 worker \(auto: about ([\d,]+) rows; 2 need 4,000\)$", first_line(quiet))
+    assert found is not None, first_line(quiet)
+    assert abs(int(found[1].replace(",", "")) - len(frame)) < 0.05 * len(frame)
+    assert first_line(shown).endswith(", 1 worker (auto: 2,276 rows; 2 need 4,000)")

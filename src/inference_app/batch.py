@@ -1229,12 +1229,17 @@ def _count_lines(path: Path) -> int:
 
 
 def _estimated_lines(path: Path) -> tuple[int, bool]:
-    """Return the number of lines of a file (:func:`_count_lines`), estimated from its size
-    (bytes) and the lines of its first :data:`SAMPLE_BYTES`, and whether it is exact (a
-    file no larger)."""
+    """Return the number of lines of a file (:func:`_count_lines`), and whether it is exact:
+    counted in a file of at most :data:`SAMPLE_BYTES`, else estimated from its size (bytes)
+    and the mean length of the whole lines after the first (a CSV header) in its first
+    :data:`SAMPLE_BYTES`."""
     with _opened(path), path.open("rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         head = handle.read(SAMPLE_BYTES)
     if len(head) >= size:
         return head.count(b"\n") + (head[-1:] not in (b"", b"\n")), True
-    return round(size * head.count(b"\n") / len(head)), False
+    first, last = head.find(b"\n") + 1, head.rfind(b"\n") + 1
+    lines = head.count(b"\n", first, last)
+    if not lines:  # lines longer than half the sample: few of them
+        return max(1, size // len(head)), False
+    return 1 + round((size - first) * lines / (last - first)), False
