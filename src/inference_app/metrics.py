@@ -12,11 +12,14 @@ rules (base units, ``_total``).
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import glob
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -31,8 +34,13 @@ from prometheus_client import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
+from inference_app import metric_values
 from inference_app.core.registry import Registry
 from inference_app.core.traffic import ShadowOutcome
+from inference_app.metric_values import Value
+
+# Before any metric is made: their samples are metric_values.Value objects (cheap writes).
+metric_values.install()
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The file in the metrics folder whose ``flock`` orders scrapes and folds of dead workers.
@@ -145,6 +153,105 @@ PAYLOAD_DROPPED = Counter(
     "encode_error.",
     ["reason"],
 )
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The values of one histogram series: its sum, its bucket bounds (seconds, the last
+    ``+Inf``) and its buckets' own counts (not cumulative: as prometheus-client stores them)."""
+
+    sum: Value
+    bounds: tuple[float, ...]
+    buckets: tuple[Value, ...]
+
+    @classmethod
+    def of(cls, child: Any) -> Timing:
+        """Return the values of a ``Histogram`` series (``metric.labels(...)``)."""
+        return cls(child._sum, tuple(child._upper_bounds), tuple(child._buckets))
+
+    def bucket(self, seconds: float) -> Value:
+        """Return the bucket ``seconds`` falls in: the first whose bound is at least it,
+        as ``Histogram.observe`` picks it."""
+        return self.buckets[bisect.bisect_left(self.bounds, seconds)]
+
+
+def value_of(child: Any) -> Value:
+    """Return the value of a ``Counter`` or ``Gauge`` series (``metric.labels(...)``)."""
+    value: Value = child._value
+    return value
+
+
+#: The values of the request metrics, by their labels (bounded: routes, served models,
+#: statuses, stages), made on first use.
+_REQUEST_SERIES: dict[tuple[str, str, str, str, int], tuple[Value, Timing]] = {}
+_ROWS_SERIES: dict[tuple[str, str, str], Value] = {}
+_STAGE_SERIES: dict[tuple[str, str], Timing] = {}
+_ERROR_SERIES: dict[tuple[str, str], Value] = {}
+_IN_FLIGHT = value_of(IN_FLIGHT)
+
+
+def record_request(
+    kind: str,
+    route: str,
+    model: str,
+    version: str,
+    status: int,
+    duration: float,
+    rows: int,
+    stages: Mapping[str, float],
+    error_kind: str | None = None,
+) -> None:
+    """Count one answered request in every request metric, in one batch of writes
+    (:func:`inference_app.metric_values.add`): ``inference_app_requests_total``,
+    ``inference_app_request_duration_seconds``, ``inference_app_rows_predicted_total``,
+    ``inference_app_stage_duration_seconds`` (each stage) and, for a status of 400 or more,
+    ``inference_app_errors_total``. The same samples as ``inc`` and ``observe`` of each.
+
+    :param kind: the protocol label; ``route``, ``model``, ``version`` the other labels.
+    :param status: the HTTP status (its class, ``2xx``, is the label).
+    :param duration: seconds from the request's arrival to its answer.
+    :param rows: rows predicted (not counted when 0).
+    :param stages: seconds per stage (``parse``, ``validate``, ``predict``, ``serialise``).
+    :param error_kind: the ``kind`` label of an error answer; default its status.
+    """
+    series = _REQUEST_SERIES.get((kind, route, model, version, status))
+    if series is None:
+        series = _REQUEST_SERIES[kind, route, model, version, status] = (
+            value_of(REQUESTS.labels(kind, route, model, version, f"{status // 100}xx")),
+            Timing.of(REQUEST_DURATION.labels(kind, route, model, version)),
+        )
+    requests, durations = series
+    pairs: list[tuple[Value, float]] = [
+        (requests, 1.0),
+        (durations.sum, duration),
+        (durations.buckets[bisect.bisect_left(durations.bounds, duration)], 1.0),
+    ]
+    if rows:
+        counted = _ROWS_SERIES.get((kind, model, version))
+        if counted is None:
+            counted = _ROWS_SERIES[kind, model, version] = value_of(
+                ROWS.labels(kind, model, version)
+            )
+        pairs.append((counted, rows))
+    for stage, seconds in stages.items():
+        timing = _STAGE_SERIES.get((kind, stage))
+        if timing is None:
+            timing = _STAGE_SERIES[kind, stage] = Timing.of(STAGE_DURATION.labels(kind, stage))
+        pairs.append((timing.sum, seconds))
+        pairs.append((timing.buckets[bisect.bisect_left(timing.bounds, seconds)], 1.0))
+    if status >= 400:
+        labels = (kind, error_kind or str(status))
+        error = _ERROR_SERIES.get(labels)
+        if error is None:
+            error = _ERROR_SERIES[labels] = value_of(ERRORS.labels(*labels))
+        pairs.append((error, 1.0))
+    metric_values.add(pairs)
+
+
+def in_flight(change: int) -> None:
+    """Add ``change`` (1 on a request's arrival, -1 once answered) to
+    ``inference_app_requests_in_flight``."""
+    metric_values.add(((_IN_FLIGHT, change),))
 
 
 @contextmanager

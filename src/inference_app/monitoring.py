@@ -2,8 +2,9 @@
 
 :class:`Monitor` is one of the dataplane's observers, so every protocol's answered rows are
 counted (:mod:`inference_app.core.drift` bins them) under the model version that served them:
-``inference_app_drift_rows_total{model,version,feature,bin}``, one ``inc`` per non-empty bin
-of the batch. When a worker has warmed its models, every bin's counter is made at 0 and
+``inference_app_drift_rows_total{model,version,feature,bin}``, each non-empty bin of the batch
+added in one batch of writes (:func:`inference_app.metric_values.add`). When a worker has
+warmed its models, every bin's counter is made at 0 and
 ``inference_app_drift_reference_ratio`` set, so PromQL sees each bin from the start
 (``deploy/prometheus/``). :func:`report` reads the counters merged over live and exited
 workers (:mod:`inference_app.metrics`), so any worker answers the same.
@@ -18,15 +19,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from flask import Flask
 from prometheus_client.metrics_core import Metric
 
-from inference_app import metrics
+from inference_app import metric_values, metrics
 from inference_app.core import drift
 from inference_app.core.bundle import Bundle
 from inference_app.core.dataplane import InferenceResult
 from inference_app.core.registry import Registry
+from inference_app.metric_values import Value
 
 #: Where an app keeps its :class:`Monitor`, in ``app.extensions``.
 EXTENSION = "inference_app.drift"
@@ -36,11 +37,11 @@ ROWS_FAMILY = "inference_app_drift_rows"
 
 @dataclass(frozen=True)
 class Tracked:
-    """A bundle counted in this process: its plan and one counter child per bin."""
+    """A bundle counted in this process: its plan and its counter's value in each bin."""
 
     bundle: Bundle
     plan: drift.Plan
-    children: tuple[Any, ...]
+    values: tuple[Value, ...]
 
 
 @dataclass(frozen=True)
@@ -91,11 +92,9 @@ class Monitor:
         if result.input is None or not result.rows:
             return
         tracked = self.track(bundle)
-        counts = tracked.plan.count(result.input)
-        children = tracked.children
-        filled = np.flatnonzero(counts)
-        for index, count in zip(filled.tolist(), counts[filled].tolist(), strict=True):
-            children[index].inc(count)
+        values = tracked.values
+        filled = tracked.plan.filled(result.input)
+        metric_values.add([(values[index], count) for index, count in filled.items()])
 
     def record_reference(self, registry: Registry) -> None:
         """Make the counters (at 0) and reference gauges of every ready bundle of
@@ -114,13 +113,13 @@ class Monitor:
 
 def _track(bundle: Bundle) -> Tracked:
     plan = drift.plan(bundle.manifest)
-    children = []
+    values = []
     for feature in plan.features:
         for label, ratio in zip(feature.labels, feature.reference_ratio.tolist(), strict=True):
             labels = (bundle.name, bundle.version, feature.name, label)
-            children.append(metrics.DRIFT_ROWS.labels(*labels))
+            values.append(metrics.value_of(metrics.DRIFT_ROWS.labels(*labels)))
             metrics.DRIFT_REFERENCE.labels(*labels).set(ratio)
-    return Tracked(bundle, plan, tuple(children))
+    return Tracked(bundle, plan, tuple(values))
 
 
 def init_app(app: Flask, registry: Registry, dataplane: Any) -> Monitor:

@@ -251,7 +251,7 @@ class InferenceService:
             }
             request_id = observe.request_id(metadata.get("x-request-id"))
             context.send_initial_metadata(((observe.REQUEST_ID_HEADER.lower(), request_id),))
-            metrics.IN_FLIGHT.inc()
+            metrics.in_flight(1)
             call, slot, response = Call(), None, None
             code, details, kind = grpc.StatusCode.OK, "", None
             try:
@@ -286,7 +286,7 @@ class InferenceService:
             finally:
                 if slot is not None:
                     slot.release()
-                metrics.IN_FLIGHT.dec()
+                metrics.in_flight(-1)
             elapsed = time.perf_counter() - started
             observe.account(
                 request_id=request_id,

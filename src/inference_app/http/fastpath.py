@@ -161,7 +161,7 @@ class FastPath:
         semaphore = self.guard.semaphore  # taken before the body is read, as Flask's hook does
         if semaphore is not None and not semaphore.acquire(blocking=False):
             return None  # Flask answers 429
-        metrics.IN_FLIGHT.inc()
+        metrics.in_flight(1)
         try:
             length = int(environ["CONTENT_LENGTH"])
             try:
@@ -172,7 +172,7 @@ class FastPath:
             if len(body) == length:
                 answer = self._answer(environ, route, match, body, started)
         finally:
-            metrics.IN_FLIGHT.dec()
+            metrics.in_flight(-1)
             if semaphore is not None:
                 semaphore.release()
         if answer is None:

@@ -8,7 +8,6 @@ import re
 import time
 import uuid
 from collections.abc import Mapping
-from typing import Any
 
 from flask import Flask, Response, current_app, g, request
 from flask.views import MethodView
@@ -18,12 +17,14 @@ from inference_app.core.dataplane import InferenceResult
 from inference_app.core.registry import Registry
 from inference_app.http import security
 from inference_app.http.api import MODEL_HEADER, Blueprint, get_registry, record_stage
-from inference_app.logs import ACCESS_LOGGER
+from inference_app.logs import ACCESS_LOGGER, AccessLog
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: A request id taken from the caller: printable, without spaces, at most 128 characters.
 REQUEST_ID_PATTERN = re.compile(r"[\x21-\x7e]{1,128}")
 access_log = logging.getLogger(ACCESS_LOGGER)
+#: Writes the access lines (straight to stderr when that is where they go as JSON).
+access_line = AccessLog(access_log)
 logger = logging.getLogger(__name__)
 
 
@@ -78,7 +79,7 @@ def _start() -> None:
     g.started = time.perf_counter()
     g.stages = {}
     g.request_id = request_id(request.headers.get(REQUEST_ID_HEADER))
-    metrics.IN_FLIGHT.inc()
+    metrics.in_flight(1)
 
 
 def _finish(response: Response) -> Response:
@@ -175,21 +176,13 @@ def account(
     :param grpc_status: the gRPC status code's name (``OK``, ``INVALID_ARGUMENT``, ...), for
         the access line of a gRPC call.
     """
-    _child(metrics.REQUESTS, kind, route, model, version, f"{status // 100}xx").inc()
-    _child(metrics.REQUEST_DURATION, kind, route, model, version).observe(duration)
-    if rows:
-        _child(metrics.ROWS, kind, model, version).inc(rows)
-    for stage, seconds in stages.items():
-        _child(metrics.STAGE_DURATION, kind, stage).observe(seconds)
-    if status >= 400:
-        _child(metrics.ERRORS, kind, error_kind or str(status)).inc()
+    metrics.record_request(kind, route, model, version, status, duration, rows, stages, error_kind)
     if log:
-        access_log.info(
-            "%s %s %s",
+        access_line.write(
             method,
             path,
             status,
-            extra={
+            {
                 "request_id": request_id,
                 "method": method,
                 "path": path,
@@ -219,13 +212,6 @@ def route_label(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"<\1>", rule)
 
 
-@functools.lru_cache(maxsize=4096)
-def _child(metric: Any, *labels: str) -> Any:
-    """Return the series of ``metric`` with ``labels``, looked up once (labels are bounded:
-    routes, known models, status classes)."""
-    return metric.labels(*labels)
-
-
 #: The endpoints that take their model from the ``X-Model-Name`` header, not the path.
 MODEL_HEADER_ENDPOINTS = frozenset({"v1.PredictOne", "mlflow.Invocations"})
 
@@ -249,7 +235,7 @@ def _known_model() -> tuple[str, str]:
 
 def _stop_in_flight(error: BaseException | None) -> None:
     if "started" in g:
-        metrics.IN_FLIGHT.dec()
+        metrics.in_flight(-1)
 
 
 def init_app(app: Flask) -> None:
