@@ -61,12 +61,8 @@ BIN = Path(sys.executable).parent
 PROFILES: dict[str, dict[str, str]] = {
     "default": {"GUNICORN_WORKERS": "2"},
     "sklearn": {"GUNICORN_WORKERS": "2", "INFERENCE_APP_RUNTIME": "sklearn"},
-    "best": {
-        "GUNICORN_WORKERS": "2",
-        "GUNICORN_THREADS": "4",
-        "GUNICORN_WORKER_CLASS": "gthread",
-        "INFERENCE_APP_BATCHING": "true",
-    },
+    # The defaults with adaptive batching: kept off by default while this row is slower.
+    "batching": {"GUNICORN_WORKERS": "2", "INFERENCE_APP_BATCHING": "true"},
 }
 #: The profiles compared for the ONNX target (issue 6, item 4): the same server with the ONNX
 #: runtime and with scikit-learn's. Not measured while PROFILES has no such profile.
@@ -78,7 +74,18 @@ BASELINES: dict[str, tuple[str, ...]] = {
     "seed_flask": ("iris", "breast_cancer"),
     "seed_fastapi": ("iris", "breast_cancer"),
     "seed_flask_pandas": ("penguins", "sentiment"),
+    "mlserver": ("iris", "breast_cancer"),
+    "bare_wsgi": ("iris", "breast_cancer"),
 }
+#: Gunicorn's settings for ``bare_wsgi``: the worker settings gunicorn.conf.py ships.
+BARE_WSGI_ARGS = ("--workers=2", "--worker-class=gthread", "--threads=4")
+#: The slow-client measurement: this many sockets each send one header line a second for
+#: this long while wrk measures ``SLOW_SCENARIO`` at ``SLOW_CONNECTIONS`` (against the same
+#: measurement without them, alternately).
+SLOW_SOCKETS = 3
+SLOW_SECONDS = 10
+SLOW_SCENARIO = "iris_1"
+SLOW_CONNECTIONS = 8
 #: A revision of this server measured beside the working tree (``BENCH_BEFORE``): its name in
 #: the tables, and the profile it is started with.
 BEFORE_SERVER = "app:before"
@@ -214,6 +221,9 @@ class ServerSpec:
     route: str
     ready_path: str | None = None
     models: frozenset[str] | None = None
+    #: The request body it takes: ``"instances"`` (``{"instances": [...]}``) or ``"v2"`` (an
+    #: Open Inference Protocol REST body, :func:`v2_body`).
+    protocol: str = "instances"
 
     def serves(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -345,8 +355,9 @@ def parse_wrk(text: str) -> dict[str, Any]:
     """Parse wrk's ``--latency`` report.
 
     :returns: ``requests``, ``duration_s``, ``rps``, ``p50_ms``, ``p75_ms``, ``p90_ms``,
-        ``p99_ms``, ``socket_errors`` (connect + read + write + timeout, each also given),
-        ``non_2xx`` (wrk counts statuses above 399) and ``errors`` (their sum).
+        ``p99_ms``, ``max_ms`` (the slowest request), ``socket_errors`` (connect + read +
+        write + timeout, each also given), ``non_2xx`` (wrk counts statuses above 399) and
+        ``errors`` (their sum).
     :raises ValueError: the text is not a wrk report.
     """
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
@@ -362,6 +373,9 @@ def parse_wrk(text: str) -> dict[str, Any]:
         result[f"p{percent}_ms"] = _ms(value, unit)
     if "p99_ms" not in result:
         raise ValueError(f"wrk ran without --latency:\n{text}")
+    latency = re.search(rf"^\s*Latency\s+{_TIME}\s+{_TIME}\s+{_TIME}", text, re.M)
+    if latency:
+        result["max_ms"] = _ms(latency.group(5), latency.group(6))
     sockets = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
     )
@@ -465,64 +479,98 @@ def summarize(
     return rows, floor
 
 
+def _target(name: str, server: str, value: float | None, met: bool | None) -> dict[str, Any]:
+    return {"target": name, "server": server, "value": value, "met": met}
+
+
 def targets(
-    rows: Sequence[Mapping[str, Any]], memory: Mapping[str, Any] | None
+    rows: Sequence[Mapping[str, Any]],
+    memory: Mapping[str, Any] | None,
+    slow: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Return each of issue 6's targets that this bench measures, per server profile, with its
-    measured value and whether it is met (``None`` where it could not be measured)."""
+    """Return each target this bench measures (issue 10's for ``app:default``, the ONNX and
+    "no slower than before" checks), with its measured value and whether it is met (``None``
+    where it could not be measured)."""
     by_key = {(r["server"], r["scenario"], r["connections"]): r for r in rows}
     found: list[dict[str, Any]] = []
-    for profile in PROFILES:
-        server = f"app:{profile}"
-        iris = by_key.get((server, "iris_1", 8))
-        if iris:
-            for baseline, goal in (("seed_flask", 1.3), ("seed_fastapi", 1.0)):
-                value = iris["vs"][baseline]
-                found.append(
-                    {
-                        "target": f"iris 1 row, 8 conn: >= {goal}x {baseline}",
-                        "server": server,
-                        "value": value,
-                        "met": None if value is None else value >= goal,
-                    }
-                )
-        forest = by_key.get((server, "breast_cancer_1", 64))
-        flask = by_key.get(("seed_flask", "breast_cancer_1", 64))
-        if forest:
-            value = forest["vs"]["seed_flask"]
-            found.append(
-                {
-                    "target": "breast_cancer 1 row, 64 conn: >= 5x seed_flask",
-                    "server": server,
-                    "value": value,
-                    "met": None if value is None else value >= 5,
-                }
+    server = "app:default"
+
+    def versus(scenario: str, connections: int, baseline: str, goal: float, what: str) -> None:
+        row = by_key.get((server, scenario, connections))
+        if row is None or (baseline, scenario, connections) not in by_key:
+            return
+        value = ratio(row["rows_per_s"], by_key[baseline, scenario, connections]["rows_per_s"])
+        found.append(
+            _target(
+                f"{what}, {connections} conn: >= {goal}x {baseline}",
+                server,
+                value,
+                None if value is None else value >= goal,
             )
-            if flask:
-                found.append(
-                    {
-                        "target": "breast_cancer 1 row, 64 conn: p99 below seed_flask's "
-                        f"({flask['p99_ms']:.1f} ms)",
-                        "server": server,
-                        "value": forest["p99_ms"],
-                        "met": forest["p99_ms"] < flask["p99_ms"],
-                    }
+        )
+
+    versus("iris_1", 8, "seed_fastapi", 1.0, "iris 1 row")
+    versus("iris_1", 8, "seed_flask", 2.0, "iris 1 row")
+    versus("breast_cancer_1", 64, "mlserver", 1.4, "forest 1 row")
+    versus("breast_cancer_1", 64, "seed_flask", 5.0, "forest 1 row")
+    versus("breast_cancer_100", 8, "mlserver", 1.2, "forest 100-row batches (rows/s)")
+    forest = by_key.get((server, "breast_cancer_1", 64))
+    flask = by_key.get(("seed_flask", "breast_cancer_1", 64))
+    if forest and flask:
+        value = ratio(forest["p99_ms"], flask["p99_ms"])
+        found.append(
+            _target(
+                f"forest 1 row, 64 conn: p99 <= 0.2x seed_flask's ({flask['p99_ms']:.1f} ms)",
+                server,
+                value,
+                None if value is None else value <= 0.2,
+            )
+        )
+    for row in rows:
+        if row["server"] == server and row["connections"] == 64:
+            value = ratio(row["p99_ms"], row["p50_ms"])
+            found.append(
+                _target(
+                    f"{row['scenario']}, 64 conn: p99 <= 2x p50 ({row['p50_ms']:.1f} ms)",
+                    server,
+                    value,
+                    None if value is None else value <= 2.0,
                 )
-        batches = [
-            r for r in rows if r["server"] == server and r["scenario"] == "breast_cancer_100"
+            )
+    for (name, scenario, connections), row in by_key.items():
+        others = [
+            by_key[other, scenario, connections]["rps"]
+            for other in (f"app:{p}" for p in PROFILES if p != "default")
+            if (other, scenario, connections) in by_key
         ]
-        if batches:
-            best = max(batches, key=lambda r: r["rows_per_s"])
-            value = best["vs_floor"]
+        if name == server and others:
+            value = ratio(row["rps"], max(others))
             found.append(
-                {
-                    "target": "breast_cancer 100-row batches: rows/s >= 0.8x in-process floor "
-                    f"(best at {best['connections']} conn)",
-                    "server": server,
-                    "value": value,
-                    "met": None if value is None else value >= 0.8,
-                }
+                _target(
+                    f"{scenario}, {connections} conn: default row >= 0.95x the fastest other "
+                    "profile",
+                    server,
+                    value,
+                    None if value is None else value >= 0.95,
+                )
             )
+    if slow:
+        found.append(
+            _target(
+                f"{SLOW_SOCKETS} slow clients: others keep >= 0.7x their req/s",
+                server,
+                slow["ratio"],
+                slow["ratio"] >= 0.7,
+            )
+        )
+        found.append(
+            _target(
+                f"{SLOW_SOCKETS} slow clients: no request waits over 2 s (max, ms)",
+                server,
+                slow["max_ms"],
+                slow["max_ms"] <= 2000,
+            )
+        )
     onnx = by_key.get((f"app:{ONNX_PROFILE}", "breast_cancer_1", 1))
     sklearn_runtime = by_key.get((f"app:{SKLEARN_PROFILE}", "breast_cancer_1", 1))
     value = ratio(onnx["p50_ms"], sklearn_runtime["p50_ms"]) if onnx and sklearn_runtime else None
@@ -556,7 +604,7 @@ def targets(
         found.append(
             {
                 "target": f"preload on, {MEMORY_WORKERS} workers: total PSS <= 1.5x one worker's "
-                "(its RSS)",
+                "RSS",
                 "server": "app:default",
                 "value": value,
                 "met": value <= 1.5,
@@ -655,6 +703,7 @@ def server_specs(
                 "--host=127.0.0.1",
                 "--port={port}",
                 "--workers=2",
+                "--no-access-log",
             ),
             env={
                 "BENCH_MODELS_DIR": models,
@@ -682,6 +731,28 @@ def server_specs(
             cwd=BENCH / "baselines",
             route="/predict/{model}",
             models=frozenset(BASELINES["seed_flask_pandas"]),
+        )
+    )
+    mlserver = mlserver_spec(
+        {m: instance / "models" / m / "1" / "model.joblib" for m in BASELINES["mlserver"]},
+        free_port(),
+        name="mlserver",
+    )
+    if mlserver is not None:
+        specs.append(mlserver)
+    specs.append(
+        ServerSpec(
+            name="bare_wsgi",
+            argv=(
+                str(BIN / "gunicorn"),
+                "--bind=127.0.0.1:{port}",
+                *BARE_WSGI_ARGS,
+                "bare_wsgi:app",
+            ),
+            env={"BENCH_MODELS_DIR": models},
+            cwd=BENCH / "baselines",
+            route="/{model}",
+            models=frozenset(BASELINES["bare_wsgi"]),
         )
     )
     if names is not None:
@@ -818,10 +889,11 @@ def check_predictions(server: Running, model: str, rows: Any, estimator: Any) ->
 
     :raises BenchError: a non-200 answer or different predictions.
     """
-    status, body = http("POST", server.predict_url(model), request_body(rows).encode())
+    status, body = http("POST", server.predict_url(model), body_for(server.spec, rows).encode())
     if status != 200:
         raise BenchError(f"{server.spec.name} answered {status} for {model}: {body[:500]!r}")
-    got = json.loads(body)["predictions"]
+    answer = json.loads(body)
+    got = answer["outputs"][0]["data"] if server.spec.protocol == "v2" else answer["predictions"]
     expected = estimator.predict(rows).tolist()
     if got != expected:
         raise BenchError(
@@ -832,6 +904,16 @@ def check_predictions(server: Running, model: str, rows: Any, estimator: Any) ->
 # ---------------------------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------------------------
+
+
+def body_for(spec: ServerSpec, rows: Any) -> str:
+    """Return the request body ``spec`` takes for ``rows``."""
+    return v2_body(rows) if spec.protocol == "v2" else request_body(rows)
+
+
+def script_for(spec: ServerSpec, scripts: Path, scenario: str) -> Path:
+    """Return the wrk script sending ``scenario``'s body in the form ``spec`` takes."""
+    return scripts / (f"{scenario}-v2.lua" if spec.protocol == "v2" else f"{scenario}.lua")
 
 
 def run_wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, Any]:
@@ -1024,6 +1106,7 @@ def run_throughput(settings: Settings) -> dict[str, Any]:
     for scenario, (model, count, start) in scenarios.items():
         bodies[scenario] = scenario_rows(model, count, start)
         (scripts / f"{scenario}.lua").write_text(lua_script(request_body(bodies[scenario])))
+        (scripts / f"{scenario}-v2.lua").write_text(lua_script(v2_body(bodies[scenario])))
     runs: list[dict[str, Any]] = []
     floors: list[dict[str, Any]] = []
     with (
@@ -1053,7 +1136,7 @@ def run_throughput(settings: Settings) -> dict[str, Any]:
                 first = next(iter(mine))
                 probe = (
                     server.predict_url(mine[first].model),
-                    request_body(bodies[first]).encode(),
+                    body_for(server.spec, bodies[first]).encode(),
                 )
                 wait_ready(server, probe)
                 for model in dict.fromkeys(s.model for s in mine.values()):
@@ -1063,7 +1146,9 @@ def run_throughput(settings: Settings) -> dict[str, Any]:
                 # Warm every worker up on each of its models before the first measurement.
                 for model in dict.fromkeys(s.model for s in mine.values()):
                     scenario = next(k for k, v in mine.items() if v.model == model)
-                    run_wrk(server.predict_url(model), scripts / f"{scenario}.lua", 8, 1)
+                    run_wrk(
+                        server.predict_url(model), script_for(server.spec, scripts, scenario), 8, 1
+                    )
                 print(
                     f"  {server.spec.name} ready at {server.url}, predictions checked", flush=True
                 )
@@ -1083,7 +1168,7 @@ def run_throughput(settings: Settings) -> dict[str, Any]:
                         raise BenchError(f"{name} died:\n{server.log_tail()}")
                     result = run_wrk(
                         server.predict_url(model),
-                        scripts / f"{scenario}.lua",
+                        script_for(server.spec, scripts, scenario),
                         connections,
                         settings.seconds,
                     )
@@ -1149,7 +1234,7 @@ GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 #: loads the same model.joblib files; adaptive batching on, its inference pool of 2 workers.
 MLSERVER_VERSION = "1.7.1"
 MLSERVER_VENV = WORK / "mlserver-venv"
-MLSERVER_BATCHING = {"max_batch_size": 32, "max_batch_time": 0.002}
+MLSERVER_BATCHING = {"max_batch_size": 32, "max_batch_time": 0.005}
 MLSERVER_PARALLEL_WORKERS = 2
 
 
@@ -1308,24 +1393,26 @@ def check_grpc_predictions(address: str, model: str, rows: Any, estimator: Any, 
         raise BenchError(f"{name} predicts {got[:5]}... for {model}, expected {expected[:5]}...")
 
 
-def mlserver_spec(models: Mapping[str, Path], grpc_port: int) -> ServerSpec | None:
+def mlserver_spec(
+    models: Mapping[str, Path], grpc_port: int, name: str = "mlserver grpc"
+) -> ServerSpec | None:
     """Return MLServer serving ``models`` (name: model.joblib) with adaptive batching, or
     ``None`` when its virtualenv is missing (``make bench`` makes it)."""
     binary = MLSERVER_VENV / "bin" / "mlserver"
     if not binary.exists():
         return None
     folder = WORK / "mlserver-models"
-    for name, path in models.items():
-        (folder / name).mkdir(parents=True, exist_ok=True)
+    for model, path in models.items():
+        (folder / model).mkdir(parents=True, exist_ok=True)
         settings = {
-            "name": name,
+            "name": model,
             "implementation": "mlserver_sklearn.SKLearnModel",
             "parameters": {"uri": str(path), "version": "1"},
             **MLSERVER_BATCHING,
         }
-        (folder / name / "model-settings.json").write_text(json.dumps(settings, indent=2))
+        (folder / model / "model-settings.json").write_text(json.dumps(settings, indent=2))
     return ServerSpec(
-        name="mlserver grpc",
+        name=name,
         argv=(str(binary), "start", str(folder)),
         env={
             "MLSERVER_HOST": "127.0.0.1",
@@ -1338,6 +1425,7 @@ def mlserver_spec(models: Mapping[str, Path], grpc_port: int) -> ServerSpec | No
         route="/v2/models/{model}/infer",
         ready_path="/v2/health/ready",
         models=frozenset(models),
+        protocol="v2",
     )
 
 
@@ -1681,6 +1769,72 @@ def measure_memory_once(instance: Path, preload: bool, rows: np.ndarray) -> dict
     }
 
 
+def _trickle(port: int, seconds: float) -> int:
+    """Open a connection, send a request line, then one header line a second for
+    ``seconds``; return the header lines sent."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT) as sock:
+        sock.sendall(b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: slow\r\n")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            try:
+                sock.sendall(f"X-Slow-{sent}: {sent}\r\n".encode())
+            except OSError:  # the server may close a socket it finds too slow
+                break
+            sent += 1
+    return sent
+
+
+def run_slow_clients(settings: Settings) -> dict[str, Any]:
+    """Serve the defaults (``app:default``) alone, straight from Gunicorn; measure
+    :data:`SLOW_SCENARIO` with wrk for :data:`SLOW_SECONDS`, with and without
+    :data:`SLOW_SOCKETS` sockets trickling header lines, alternately ``repeats`` times."""
+    instance = WORK / "instance"
+    demo_bundles(instance)
+    model, count, start = SCENARIOS[SLOW_SCENARIO]
+    rows = scenario_rows(model, count, start)
+    script = WORK / "scripts" / f"{SLOW_SCENARIO}.lua"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    script.write_text(lua_script(request_body(rows)))
+    (spec,) = server_specs(instance, names=["app:default"])
+    runs: list[dict[str, Any]] = []
+    with serving([spec], WORK / "logs") as (server,):
+        wait_ready(server, (server.predict_url(model), request_body(rows).encode()))
+        run_wrk(server.predict_url(model), script, SLOW_CONNECTIONS, 1)
+        port = int(server.url.rsplit(":", 1)[1])
+        for repeat in range(1, settings.repeats + 1):
+            for slow in (False, True):
+                with ThreadPoolExecutor(max_workers=SLOW_SOCKETS) as pool:
+                    trickling = [
+                        pool.submit(_trickle, port, SLOW_SECONDS + 2)
+                        for _ in range(SLOW_SOCKETS if slow else 0)
+                    ]
+                    if slow:
+                        time.sleep(1.5)  # connected, first header lines sent
+                    result = run_wrk(
+                        server.predict_url(model), script, SLOW_CONNECTIONS, SLOW_SECONDS
+                    )
+                    lines = [f.result() for f in trickling]
+                result.update(slow=slow, repeat=repeat, header_lines=lines)
+                runs.append(result)
+                print(
+                    f"  slow clients {'on ' if slow else 'off'} repeat {repeat}: "
+                    f"{result['rps']:,.0f} req/s, max {result.get('max_ms', 0):,.0f} ms, "
+                    f"errors {result['errors']}",
+                    flush=True,
+                )
+    off = median(r["rps"] for r in runs if not r["slow"])
+    on = median(r["rps"] for r in runs if r["slow"])
+    return {
+        "runs": runs,
+        "rps_without": off,
+        "rps_with": on,
+        "ratio": on / off,
+        "max_ms": max(r.get("max_ms", 0.0) for r in runs if r["slow"]),
+    }
+
+
 def run_memory() -> dict[str, Any]:
     """Measure the forest server's memory with ``preload_app`` on, then off."""
     instance = WORK / "memory-instance"
@@ -1881,6 +2035,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-protocols", action="store_true", help="skip the V2 REST against gRPC comparison"
     )
+    parser.add_argument(
+        "--no-slow-clients", action="store_true", help="skip the slow-client measurement"
+    )
     args = parser.parse_args(argv)
     # Let SIGTERM unwind through the finally blocks that stop the servers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -1908,7 +2065,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
 
     def save() -> None:
-        results["targets"] = targets(results.get("summary", []), results.get("memory"))
+        results["targets"] = targets(
+            results.get("summary", []), results.get("memory"), results.get("slow_clients")
+        )
         results["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         results["machine"]["load_average_at_end"] = list(os.getloadavg())
         text = json.dumps(results, indent=2) + "\n"
@@ -1940,6 +2099,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
         plot(results["summary"], results["floor"], RESULTS / "throughput.png")
         print(f"\nPlot: {RESULTS / 'throughput.png'}\n")
+    if not args.memory and not args.protocols and not args.no_slow_clients:
+        print(f"\nSlow clients: {SLOW_SOCKETS} sockets trickling headers, {SLOW_SCENARIO}:")
+        results["slow_clients"] = run_slow_clients(settings)
+        save()
     if not args.memory and not args.no_protocols:
         results.update(run_protocols(settings))
         save()

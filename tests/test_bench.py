@@ -97,6 +97,7 @@ def test_parse_wrk_report(bench: ModuleType) -> None:
     assert result["p75_ms"] == pytest.approx(0.91)
     assert result["p90_ms"] == pytest.approx(1.39)
     assert result["p99_ms"] == pytest.approx(5.24)
+    assert result["max_ms"] == pytest.approx(9.72)
     assert (result["socket_errors"], result["non_2xx"], result["errors"]) == (0, 0, 0)
 
 
@@ -187,7 +188,13 @@ def test_summarize_takes_medians_and_ratios(bench: ModuleType) -> None:
     assert (best["rps"], best["p99_ms"], best["p50_ms"]) == (700, 3, 1.5)
     assert (best["rps_min"], best["rps_max"]) == (600, 800)
     assert (best["errors"], best["errors_total"], best["repeats"]) == (0, 3, 3)
-    assert best["vs"] == {"seed_flask": 3.5, "seed_fastapi": 1.75, "seed_flask_pandas": None}
+    assert best["vs"] == {
+        "seed_flask": 3.5,
+        "seed_fastapi": 1.75,
+        "seed_flask_pandas": None,
+        "mlserver": None,
+        "bare_wsgi": None,
+    }
     assert best["vs_before"] is None
     assert best["vs_before_paired"] is None
     assert best["vs_floor"] == pytest.approx(700 / 1400)
@@ -198,7 +205,7 @@ def test_summarize_counts_rows_per_request(bench: ModuleType) -> None:
     run = {**_run("app:best", 50, 9, rows=100), "scenario": "breast_cancer_100"}
     rows, _ = bench.summarize([run], [])
     assert rows[0]["rows_per_s"] == 5000
-    assert rows[0]["vs"] == {"seed_flask": None, "seed_fastapi": None, "seed_flask_pandas": None}
+    assert set(rows[0]["vs"].values()) == {None}
     assert rows[0]["vs_floor"] is None
     assert "| breast_cancer_100 | 8 | app:best | 50 | 50-50 | 5,000 | 4.50 | 9.00 | 0 |" in (
         bench.format_table(rows, {})
@@ -209,15 +216,27 @@ def test_targets_compare_with_goals(bench: ModuleType) -> None:
     rows, _ = bench.summarize(
         [
             {**_run("seed_flask", 100, 10), "scenario": "iris_1"},
-            {**_run("seed_fastapi", 200, 10), "scenario": "iris_1"},
-            {**_run("app:best", 150, 10), "scenario": "iris_1"},
+            {**_run("seed_fastapi", 300, 10), "scenario": "iris_1"},
+            {**_run("app:default", 225, 10), "scenario": "iris_1"},
+            {**_run("app:batching", 250, 10), "scenario": "iris_1"},
+            {**_run("mlserver", 10, 400, rows=100), "scenario": "breast_cancer_100"},
+            {**_run("app:default", 11, 20, rows=100), "scenario": "breast_cancer_100"},
         ],
         [],
     )
-    found = {t["target"]: t for t in bench.targets(rows, None) if t["server"] == "app:best"}
-    assert found["iris 1 row, 8 conn: >= 1.3x seed_flask"]["met"] is True
+    slow = {"ratio": 0.65, "max_ms": 1500.0}
+    found = {
+        t["target"]: t for t in bench.targets(rows, None, slow) if t["server"] == "app:default"
+    }
+    assert found["iris 1 row, 8 conn: >= 2.0x seed_flask"]["met"] is True
     assert found["iris 1 row, 8 conn: >= 1.0x seed_fastapi"]["met"] is False
     assert found["iris 1 row, 8 conn: >= 1.0x seed_fastapi"]["value"] == 0.75
+    batches = found["forest 100-row batches (rows/s), 8 conn: >= 1.2x mlserver"]
+    assert (batches["value"], batches["met"]) == (pytest.approx(1.1), False)
+    fastest = found["iris_1, 8 conn: default row >= 0.95x the fastest other profile"]
+    assert (fastest["value"], fastest["met"]) == (0.9, False)
+    assert found["3 slow clients: others keep >= 0.7x their req/s"]["met"] is False
+    assert found["3 slow clients: no request waits over 2 s (max, ms)"]["met"] is True
 
 
 def _lua_body(script: str) -> str:

@@ -1,8 +1,9 @@
 """Experiment: which Gunicorn worker class serves this app fastest, with keep-alive?
 
-Serves the ONNX demo bundles under each worker class of :data:`VARIANTS` (2 workers each)
-beside the seed apps, and measures the bench's scenarios with wrk (keep-alive connections),
-repeats interleaved, through ``bench/run.py``'s own machinery. Run it as a script after
+Serves the demo bundles (ONNX where exact) under each worker class of :data:`VARIANTS`
+(2 workers each) beside the seed apps, and measures the bench's scenarios with wrk
+(keep-alive connections), repeats interleaved, through ``bench/run.py``'s own machinery.
+Run it as a script after
 ``make bench`` has run once (wrk, bench/work); ``BENCH_REPEATS``, ``BENCH_SECONDS``,
 ``BENCH_SCENARIOS``, ``BENCH_CONNECTIONS`` and ``BENCH_VARIANTS`` (comma-separated names)
 narrow it. Each server's settings go through ``GUNICORN_CMD_ARGS``, which Gunicorn reads
@@ -38,7 +39,7 @@ def main() -> int:
     names = [n.strip() for n in chosen.split(",")] if chosen else list(VARIANTS)
     run.PROFILES.clear()
     for name in names:
-        run.PROFILES[name] = {"GUNICORN_WORKERS": "2", "BENCH_BUNDLES": "onnx", **VARIANTS[name]}
+        run.PROFILES[name] = {"GUNICORN_WORKERS": "2", **VARIANTS[name]}
     settings = run.Settings.from_env()
     result = run.run_throughput(settings)
     print(run.format_table(result["summary"], result["floor"]))
