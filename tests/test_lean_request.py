@@ -58,6 +58,8 @@ ACCESS_KEYS = [
     "user_agent",
 ]
 SETOSA = [5.1, 3.5, 1.4, 0.2]
+#: One iris row as a V2 request.
+V2_SETOSA = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": SETOSA}]}
 
 
 def json_access_logger(stream: io.TextIOBase) -> logging.Logger:
@@ -97,7 +99,7 @@ def test_the_direct_access_line_is_byte_for_byte_the_logging_line(
         client.post("/v1/models/iris:predict", json={"instances": [SETOSA]}, headers=agent),
         client.post(
             "/v2/models/iris/infer",
-            json={"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": SETOSA}]},
+            json=V2_SETOSA,
             headers={"X-Request-ID": "v2-lean"},
         ),
         client.post("/predict", json={"instance": SETOSA}, headers={"X-Model-Name": "iris"}),
@@ -337,7 +339,7 @@ def post(server: Server, kind: str, index: int) -> int:
         body: dict[str, Any] = {"instances": [SETOSA]}
         path = "/v1/models/iris:predict"
     elif kind == "v2":
-        body = {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP64", "data": SETOSA}]}
+        body = V2_SETOSA
         path = "/v2/models/iris/infer"
     elif kind == "mlflow":
         body, path = {"instances": [SETOSA, SETOSA]}, "/invocations"
