@@ -12,13 +12,12 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
+from tests.servers import REQUEST_TIMEOUT, Server, start_gunicorn, stop, wait_ready
 
 from inference_app.demo import write_demo_bundles
-from tests.servers import REQUEST_TIMEOUT, Server, start_gunicorn, stop, wait_ready
 
 pytestmark = pytest.mark.e2e
 
