@@ -6,6 +6,8 @@ import csv
 import hashlib
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -375,6 +377,44 @@ def test_a_conversion_that_fails_still_packages_saying_why_in_one_line(
     assert bundle.estimator.predict(frame).tolist() == estimator.predict(frame).tolist()
     listed = runner.invoke(main, ["models", "--instance-path", str(instance)])
     assert served_lines(listed)["wine 1"].endswith("runtime sklearn")
+
+
+def test_the_documented_onnx_example_is_what_the_commands_print(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
+    section = text.split("\n## ONNX by default\n", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```sh\n(.*?)```", section, re.S)
+    script, commands = block.split("\nPY\n", 1)
+    subprocess.run(
+        [sys.executable, "-c", script.split("<<'PY'\n", 1)[1]],
+        cwd=tmp_path,
+        check=True,
+        timeout=120,
+    )
+    monkeypatch.chdir(tmp_path)
+    printed: list[str] = []
+    documented: list[str] = []
+    for line in commands.splitlines():
+        if line.startswith("#   "):  # a documented line, continued
+            documented[-1] += " " + line[4:]
+        elif line.startswith("# "):
+            documented.append(line[2:].replace("/srv/app", str(tmp_path)))
+        elif line.startswith("curl"):
+            break  # needs the server: its runtime field is tested above
+        else:
+            env, _, command = f" {line}".rpartition(" inference-app ")
+            with monkeypatch.context() as scoped:
+                if "=" in env:
+                    scoped.setenv(*env.strip().split("=", 1))
+                result = runner.invoke(main, shlex.split(command))
+            printed += result.output.splitlines()
+    assert len(documented) == 9
+    for line in documented:
+        if line.endswith(" ..."):
+            assert any(out.startswith(line[:-4]) for out in printed), (line, printed)
+        else:
+            assert line in printed, (line, printed)
 
 
 def test_models_lists_the_highest_version_as_default_and_refuses_tampered(
