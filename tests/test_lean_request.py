@@ -112,6 +112,7 @@ def test_the_direct_access_line_is_byte_for_byte_the_logging_line(
     calls = recorder.calls
     assert len(calls) == len(answers)
     calls.append(("POST", "/inference.GRPCInferenceService/ModelInfer", 200, {"grpc_status": "OK"}))
+    calls.append(("GET", "/", 200, {}))  # no fields at all
 
     direct_file, logged_file = tmp_path / "direct.log", tmp_path / "logged.log"
     with direct_file.open("w", encoding="utf-8") as a, logged_file.open("w", encoding="utf-8") as b:
@@ -137,7 +138,17 @@ def test_the_direct_access_line_is_byte_for_byte_the_logging_line(
     assert first["pid"] == os.getpid() and first["logger"] == "inference_app.access"
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,042", first["time"])
     assert lines[len(calls)]["time"].endswith(",999")
-    assert lines[-1]["grpc_status"] == "OK"
+    assert lines[-2]["grpc_status"] == "OK" and list(lines[-1]) == ACCESS_KEYS[:5]
+
+
+def test_milliseconds_are_rounds_own() -> None:
+    generator = np.random.default_rng(10)
+    seconds = (generator.random(200_000) * 10.0 ** generator.uniform(-8, 3, 200_000)).tolist()
+    seconds += [(k + 0.5) / 1e6 for k in range(20_000)]  # ties at the last digit kept
+    seconds += [0.0, -0.0, 5e-324, 1e-7, 0.0005, 0.0015, 1e12, 4.5e12, 1e300, math.inf]
+    for value in seconds:
+        assert logs.milliseconds(value) == round(value * 1000, 3), value
+    assert math.isnan(logs.milliseconds(math.nan))
 
 
 def test_the_access_logger_level_turns_the_line_off_and_text_stays_on_logging(

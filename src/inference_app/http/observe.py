@@ -17,7 +17,7 @@ from inference_app.core.dataplane import InferenceResult
 from inference_app.core.registry import Registry
 from inference_app.http import security
 from inference_app.http.api import MODEL_HEADER, Blueprint, get_registry, record_stage
-from inference_app.logs import ACCESS_LOGGER, AccessLog
+from inference_app.logs import ACCESS_LOGGER, AccessLog, milliseconds
 
 REQUEST_ID_HEADER = "X-Request-ID"
 #: A request id taken from the caller: printable, without spaces, at most 128 characters.
@@ -177,28 +177,29 @@ def account(
         the access line of a gRPC call.
     """
     metrics.record_request(kind, route, model, version, status, duration, rows, stages, error_kind)
-    if log:
-        access_line.write(
-            method,
-            path,
-            status,
-            {
-                "request_id": request_id,
-                "method": method,
-                "path": path,
-                "route": route,
-                "protocol": kind,
-                "status": status,
-                "model": model or None,
-                "version": version or None,
-                "rows": rows,
-                "duration_ms": round(duration * 1000, 3),
-                "stages_ms": {stage: round(s * 1000, 3) for stage, s in stages.items()},
-                "remote_addr": remote_addr,
-                "user_agent": user_agent or None,
-                **({"grpc_status": grpc_status} if grpc_status else {}),
-            },
-        )
+    if not log:
+        return
+    stages_ms = {}
+    for stage, seconds in stages.items():
+        stages_ms[stage] = milliseconds(seconds)
+    fields = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        "route": route,
+        "protocol": kind,
+        "status": status,
+        "model": model or None,
+        "version": version or None,
+        "rows": rows,
+        "duration_ms": milliseconds(duration),
+        "stages_ms": stages_ms,
+        "remote_addr": remote_addr,
+        "user_agent": user_agent or None,
+    }
+    if grpc_status:
+        fields["grpc_status"] = grpc_status
+    access_line.write(method, path, status, fields)
 
 
 def request_id(given: str | None) -> str:
