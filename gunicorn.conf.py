@@ -98,8 +98,9 @@ http_parser = _env_choice("GUNICORN_HTTP_PARSER", "fast", ("fast", "python", "au
 #
 #   preload_app - Load the app, and so every model bundle, once in the master before
 #       forking: workers share the model pages and a bad bundle stops the server at once.
-#       The master never runs inference (OpenMP is not fork-safe): each worker warms its
-#       models after fork, in post_fork below.
+#       The master never runs inference (OpenMP is not fork-safe); it makes the onnxruntime
+#       sessions in pre_fork only when each worker has one CPU, so that they are shared too.
+#       Each worker warms its models after fork, in post_fork below.
 
 preload_app = _env_bool("GUNICORN_PRELOAD_APP", True)
 os.environ["INFERENCE_APP_WARM_UP"] = "post_fork"
@@ -200,8 +201,14 @@ def _parser_in_use(cfg):
 
 
 def pre_fork(server, worker):
-    """Move every object the master holds out of the garbage collector's reach, so that
-    collections in workers do not write to (and so copy) the shared model pages."""
+    """Make the models' engines here when the workers can share them (onnxruntime sessions
+    on one thread each), then move every object the master holds out of the garbage
+    collector's reach, so that collections in workers do not write to (and so copy) the
+    shared model pages."""
+    from inference_app import process
+
+    if server.cfg.preload_app:
+        process.share_engines(server.app.wsgi(), server.cfg.workers)
     gc.freeze()
 
 

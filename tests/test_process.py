@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from flask import Flask
 
@@ -15,7 +17,7 @@ from inference_app import create_app
 from inference_app.core import registry as registry_module
 from inference_app.core.bundle import load_bundle
 from inference_app.http.api import EXTENSION
-from inference_app.process import available_cpus, cpu_share, reload
+from inference_app.process import available_cpus, cpu_share, reload, share_engines, warm_up
 
 AFFINITY = len(os.sched_getaffinity(0))
 
@@ -100,3 +102,40 @@ def test_a_refused_reload_keeps_the_old_models_without_reading_them_again(
 
     assert reloaded, message
     assert holder.callable.extensions[EXTENSION].registry.model("iris").default_version == "2"
+
+
+def test_engines_made_before_fork_are_used_by_the_forked_worker(
+    onnx_demo_instance: Path,
+) -> None:
+    app = create_app({"WARM_UP": "post_fork"}, instance_path=onnx_demo_instance)
+    dataplane = app.extensions[EXTENSION].dataplane
+    assert share_engines(app, workers=available_cpus())
+    made = dict(dataplane.engines)
+    bundles = {b.name: b for b in dataplane.registry.bundles()}
+    assert {dataplane.engines[id(b)].name for b in bundles.values()} == {"onnx"}
+    rows = np.asarray(bundles["breast_cancer"].manifest.reference_rows[:50], dtype=np.float64)
+    reader, writer = os.pipe()
+    child = os.fork()
+    if child == 0:  # the worker: warm up with the master's sessions, then predict
+        try:
+            warm_up(app)
+            same = all(dataplane.engines[key] is engine for key, engine in made.items())
+            labels = dataplane.predict("breast_cancer", rows.tolist()).outputs[0].values
+            os.write(writer, json.dumps({"same": same, "labels": labels}).encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as pipe:
+        answer = json.loads(pipe.read() or b"{}")
+    os.waitpid(child, 0)
+    assert answer["same"] is True
+    assert answer["labels"] == bundles["breast_cancer"].estimator.predict(rows).tolist()
+
+
+def test_engines_stay_per_worker_when_a_worker_has_several_cpus(
+    onnx_demo_instance: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app({"WARM_UP": "post_fork"}, instance_path=onnx_demo_instance)
+    monkeypatch.setattr("inference_app.process.available_cpus", lambda: 8)
+    assert not share_engines(app, workers=2)
+    assert app.extensions[EXTENSION].dataplane.engines == {}

@@ -60,6 +60,25 @@ def cap_threads(threads: int) -> None:
     threadpool_limits(limits=threads)
 
 
+def share_engines(app: Flask, workers: int) -> bool:
+    """Make the app's engines in this (master) process before it forks ``workers`` workers,
+    so that their onnxruntime sessions are shared copy-on-write instead of made once per
+    worker; only when each worker's share of the CPUs is one thread (:func:`cpu_share`),
+    since a session with more threads starts a thread pool, which ``fork`` does not copy.
+
+    :returns: whether the engines were made here.
+    :raises inference_app.core.errors.BundleError: an engine cannot be made.
+    """
+    from inference_app.http.api import EXTENSION, Services
+
+    if cpu_share(workers) != 1:
+        return False
+    cap_threads(1)
+    services: Services = app.extensions[EXTENSION]
+    services.dataplane.prepare_engines()
+    return True
+
+
 def warm_up(app: Flask) -> None:
     """Run each model once on its reference rows in this process, making it ready.
 

@@ -403,11 +403,26 @@ class DataPlane:
             engine = self.engines[id(bundle)] = engine_for(bundle, "sklearn")
         return engine.run(method, data)
 
+    def prepare_engines(self) -> None:
+        """Make each bundle's engine, predicting nothing, so that forked workers share it.
+
+        Only for engines whose native code starts no thread: call it in a preloading master
+        only when each worker predicts on one thread (onnxruntime sessions made with one
+        intra-op and one inter-op thread run on the caller's thread). :meth:`warm_up` keeps
+        the engines it finds.
+
+        :raises BundleError: an engine cannot be made.
+        """
+        for bundle in self.registry.bundles():
+            if id(bundle) not in self.engines:
+                self.engines[id(bundle)] = engine_for(bundle, self.engine)
+
     def warm_up(self) -> None:
-        """Make each bundle's engine, run one prediction on its reference rows, mark it ready.
+        """Make each bundle's engine (unless :meth:`prepare_engines` did), run one prediction
+        on its reference rows, mark it ready.
 
         Call it in each serving process after fork, never in a preloading master: OpenMP
-        thread pools and onnxruntime sessions do not survive ``fork``.
+        thread pools do not survive ``fork``, nor do onnxruntime's.
 
         :raises BundleError: an engine cannot be made, or a model fails on its own
             reference rows.
@@ -416,7 +431,8 @@ class DataPlane:
             manifest = bundle.manifest
             rows = manifest.reference_rows or [[0.0] * len(manifest.inputs)]
             started = time.perf_counter()
-            self.engines[id(bundle)] = engine_for(bundle, self.engine)
+            if id(bundle) not in self.engines:
+                self.engines[id(bundle)] = engine_for(bundle, self.engine)
             try:
                 model_input = inputs.from_rows(
                     rows,
