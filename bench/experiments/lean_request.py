@@ -16,7 +16,8 @@ other processes on a shared machine count less), medians of ``rounds`` rounds:
 - ``drift``: the drift observer alone (binning the row, then its counter writes);
 - ``request without X``: the whole request with X switched off (the access logger's level
   raised; the metric calls replaced by no-ops; the drift observer taken off the dataplane),
-  measured in rounds alternating with ``request``, as a check of the direct figures.
+  measured in rounds alternating with ``request`` (in a shuffled order each round), as a
+  check of the direct figures.
 
 Run: ``.venv/bin/python bench/experiments/lean_request.py [requests per round] [rounds]``.
 To compare with another revision, interleaved (one run of each in turn, ``--runs`` times,
@@ -42,6 +43,7 @@ import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import logging.config  # noqa: E402
+import random  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -108,7 +110,7 @@ def measure(count: int, rounds: int) -> dict[str, float]:
     data, _, _ = load_demo_data(MODEL)
     instances = data[:1].tolist()
     body = json.dumps({"instances": instances}).encode()
-    base = {
+    base: dict[str, Any] = {
         "REQUEST_METHOD": "POST",
         "PATH_INFO": f"/v1/models/{MODEL}:predict",
         "CONTENT_TYPE": "application/json",
@@ -213,10 +215,11 @@ def measure(count: int, rounds: int) -> dict[str, float]:
         "request without metrics": no_metrics,
         "request without drift": no_drift,
     }
-    for _ in range(rounds):
-        times["request"].append(per_call_us(request, count))
-        for figure, switch in switches.items():
-            undo = switch()
+    order = ["request", *switches]
+    for number in range(rounds):
+        random.Random(number).shuffle(order)  # no phase always first (or always after one)
+        for figure in order:
+            undo = switches[figure]() if figure in switches else (lambda: None)
             try:
                 times[figure].append(per_call_us(request, count))
             finally:
