@@ -218,6 +218,8 @@ def post_fork(server, worker):
 
     share = process.cpu_share(server.cfg.workers)
     process.cap_threads(share)
+    if server.cfg.workers > 1 and hasattr(worker, "nr_conns"):  # a gthread worker
+        process.spread_connections(worker)
     try:
         process.warm_up(worker.app.wsgi())
     except Exception as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,37 @@ def share_engines(app: Flask, workers: int) -> bool:
     services: Services = app.extensions[EXTENSION]
     services.dataplane.prepare_engines()
     return True
+
+
+#: Seconds a threaded worker waits after accepting a connection, per connection it holds
+#: beyond half its threads, and at most: time for a sibling worker to accept the next ones.
+SPREAD_PAUSE_S = 0.0005
+SPREAD_MAX_PAUSE_S = 0.005
+
+
+def spread_connections(worker: Any) -> None:
+    """Make a Gunicorn gthread ``worker`` leave new connections to its siblings when it
+    already holds more connections than half its threads.
+
+    The workers share one listening socket and a gthread worker accepts every connection it
+    is woken for, so a burst of new connections (a client pool opening, a load generator
+    starting) can land on a single worker while the others idle; kept alive, they stay
+    there. After each accept, a worker holding ``n`` connections more than half its threads
+    pauses ``n`` x :data:`SPREAD_PAUSE_S` (at most :data:`SPREAD_MAX_PAUSE_S`) before it
+    accepts again; its threads go on serving meanwhile. Unlike ``SO_REUSEPORT`` (one socket
+    per worker), no connection waits in a stopping worker's queue, so none is reset on HUP.
+    Sync workers accept one connection at a time and need none of this.
+    """
+    accept = worker.accept
+    free = max(1, worker.cfg.threads // 2)
+
+    def spreading_accept(listener: Any) -> None:
+        accept(listener)
+        excess = worker.nr_conns - free
+        if excess > 0:
+            time.sleep(min(SPREAD_MAX_PAUSE_S, excess * SPREAD_PAUSE_S))
+
+    worker.accept = spreading_accept
 
 
 def warm_up(app: Flask) -> None:

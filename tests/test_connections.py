@@ -1,9 +1,10 @@
-"""Slow clients straight at Gunicorn, no proxy in front: the shipped settings keep serving others.
+"""Clients straight at Gunicorn, no proxy in front, under the shipped settings.
 
-Three sockets trickle a request's header lines, one a second (the "slowloris" pattern); while
-they do, another client's predictions must each be answered within
-:data:`MAX_WAIT_S`. With Gunicorn's sync workers (one request at a time, nothing buffering in
-front) each slow socket holds a whole worker, and these requests would wait for them.
+Connections opened in a burst spread over the workers. Three sockets trickle a request's
+header lines, one a second (the "slowloris" pattern); while they do, another client's
+predictions must each be answered within :data:`MAX_WAIT_S`. With Gunicorn's sync workers
+(one request at a time, nothing buffering in front) each slow socket holds a whole worker,
+and these requests would wait for them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from tests.servers import REQUEST_TIMEOUT, Server, start_gunicorn, stop, wait_ready
+from tests.servers import REQUEST_TIMEOUT, Server, log_lines, start_gunicorn, stop, wait_ready
 
 from inference_app.demo import write_demo_bundles
 
@@ -99,3 +100,33 @@ def test_other_clients_are_served_while_slow_clients_trickle_headers(server: Ser
 
 def test_the_log_names_the_c_parser(server: Server) -> None:
     assert "HTTP parser: gunicorn_h1c" in server.log()
+
+
+def test_a_burst_of_connections_spreads_over_the_workers(server: Server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    body = b'{"instances": [[5.1, 3.5, 1.4, 0.2]]}'
+    sockets = [socket.create_connection((host, int(port)), timeout=REQUEST_TIMEOUT)]
+    sockets += [socket.create_connection((host, int(port))) for _ in range(15)]
+    try:
+        for number, sock in enumerate(sockets):
+            sock.settimeout(REQUEST_TIMEOUT)
+            sock.sendall(
+                b"POST /v1/models/iris:predict HTTP/1.1\r\nHost: burst\r\n"
+                b"Content-Type: application/json\r\n"
+                + f"X-Request-ID: burst-{number}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+        for sock in sockets:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        for sock in sockets:
+            sock.close()
+    time.sleep(0.5)  # the access lines are written
+    workers = [
+        line["pid"]
+        for line in log_lines(server.log())
+        if str(line.get("request_id", "")).startswith("burst-")
+    ]
+    assert len(workers) == len(sockets)
+    counts = sorted(workers.count(pid) for pid in set(workers))
+    assert len(counts) == 2 and counts[0] >= 4, f"connections per worker: {counts}"
