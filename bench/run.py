@@ -63,6 +63,8 @@ PROFILES: dict[str, dict[str, str]] = {
     "sklearn": {"GUNICORN_WORKERS": "2", "INFERENCE_APP_RUNTIME": "sklearn"},
     # The defaults with adaptive batching: kept off by default while this row is slower.
     "batching": {"GUNICORN_WORKERS": "2", "INFERENCE_APP_BATCHING": "true"},
+    # Gunicorn's sync workers, the default before gthread: one connection per request.
+    "sync": {"GUNICORN_WORKERS": "2", "GUNICORN_WORKER_CLASS": "sync", "GUNICORN_THREADS": "1"},
 }
 #: The profiles compared for the ONNX target (issue 6, item 4): the same server with the ONNX
 #: runtime and with scikit-learn's. Not measured while PROFILES has no such profile.
