@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -43,7 +44,8 @@ def main() -> int:
     settings = run.Settings.from_env()
     result = run.run_throughput(settings)
     print(run.format_table(result["summary"], result["floor"]))
-    out = run.RESULTS / "workers-latest.json"
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = run.RESULTS / f"workers-{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, default=str))
     return 0
