@@ -14,7 +14,7 @@ prometheus-client keeps each sample of a metric in a value object of
 
 What differs from prometheus-client's own value classes is the cost of a write: a value is a
 slot of a ``memoryview`` of doubles over the file's mapping, so adding to it is one indexed
-add, and :func:`add` writes many under one lock acquisition (a request's 20 or so samples).
+add, and :func:`add` writes many under one lock acquisition (a request's dozen or more).
 Each process writes only its own files, under one lock; a reader sees every value whole (an
 8-byte aligned store). After a ``fork`` the child's first access opens its own files (at 0),
 as prometheus-client does; the parent's keep the parent's counts. (A fork is noticed through
