@@ -34,16 +34,22 @@ import sys
 import tempfile
 
 if __name__ == "__main__" and "--against" not in sys.argv:
+    import atexit
+    import shutil
+
     # Before prometheus_client is imported: the metrics write to files, as in a worker.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lean-bench-metrics-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 import argparse  # noqa: E402
+import atexit  # noqa: E402
 import gc  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import logging.config  # noqa: E402
 import random  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -97,6 +103,7 @@ def measure(count: int, rounds: int) -> dict[str, float]:
     from inference_app.http import observe
 
     instance = Path(tempfile.mkdtemp(prefix="lean-bench-instance-"))
+    atexit.register(shutil.rmtree, instance, ignore_errors=True)
     write_demo_bundles(instance / "models", names=[MODEL])
     app = create_app({}, instance_path=instance)
     # The logging Gunicorn installs (gunicorn.conf.py's logconfig_dict), on a file as stderr.
