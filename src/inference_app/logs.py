@@ -36,11 +36,12 @@ class JsonFormatter(OrjsonFormatter):
         super().__init__(*args, **kwargs)
         #: Whether :meth:`line` makes what :meth:`format` makes: the fields and names of
         #: :func:`logging_config`, no prefix, static or default fields, timestamp or datefmt.
+        settings = ("prefix", "static_fields", "defaults", "timestamp", "datefmt")
         self.direct = (
             self._required_fields == ["asctime", "levelname", "name", "process", "message"]
             and self.rename_fields == JSON_RENAMES
-            and not (self.prefix or self.static_fields or self.defaults or self.timestamp)
-            and not (self.datefmt or self.rename_fields_keep_missing or self.json_indent)
+            and not any(getattr(self, name, None) for name in settings)
+            and not (getattr(self, "rename_fields_keep_missing", False) or self.json_indent)
         )
         self._second = -1
         self._stamp = b""
