@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-from tests.servers import REQUEST_TIMEOUT, Server, log_lines, start_gunicorn, stop, wait_ready
 
 from inference_app.demo import write_demo_bundles
+from servers import REQUEST_TIMEOUT, Server, log_lines, start_gunicorn, stop, wait_ready
 
 pytestmark = pytest.mark.e2e
 
