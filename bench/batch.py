@@ -9,15 +9,17 @@ pipeline with strings and missing values) it writes its demo data tiled to ``BEN
 - ``floor command``: the same as a whole process, what a user writes by hand
   (:data:`FLOOR_SCRIPT`: import, ``joblib.load`` the estimator, read the whole file with
   pandas, ``predict``, write the predictions to Parquet), from CSV and from Parquet;
-- ``score`` with ``--workers 1`` and ``--workers N`` (the usable CPUs), CSV and Parquet in;
+- ``score`` with ``--workers auto`` (the default: as many as the input's rows and row groups
+  pay for), ``--workers 1`` and ``--workers N`` (the usable CPUs), CSV and Parquet in;
 - ``http``: the same rows POSTed in 1,000-row ``:predict`` requests, 4 at a time, to
   ``gunicorn -c gunicorn.conf.py wsgi:app`` with 2 workers on 127.0.0.1;
 - ``spark``: :func:`inference_app.spark.score_file` in ``local[N]`` mode from Parquet, and the
   start-up of its session alone.
 
 It prints rows/s, the ratio to the floor and, for ``score``, to the floor per core used and to
-the floor command from the same format per core used (whole process against whole process), and
-peak RSS of the ``score`` processes for 10,000 rows and for all of them (flat memory). Results
+the floor command from the same format per core used (whole process against whole process; the
+cores used by ``auto`` are the workers its summary names), and peak RSS of the ``score``
+processes for 10,000 rows and for all of them (flat memory). Results
 go to ``bench/results/batch-<timestamp>.json``. Run it as ``make bench-batch``.
 """
 
@@ -109,10 +111,11 @@ def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
 
 
 def score_command(
-    instance: Path, name: str, source: Path, workers: int, expected: Any = None
-) -> tuple[float, int]:
-    """Run ``inference-app score`` and return its seconds and its peak RSS in KiB (the
-    largest single process: the command or one of its workers)."""
+    instance: Path, name: str, source: Path, workers: int | str, expected: Any = None
+) -> tuple[float, int, int]:
+    """Run ``inference-app score`` with ``--workers`` (a number or ``auto``) and return its
+    seconds, its peak RSS in KiB (the largest single process: the command or one of its
+    workers) and the workers it used (from its summary)."""
     output = WORK / f"out-{name}-{workers}{source.suffix}"
     command = [
         str(BIN / "inference-app"),
@@ -130,17 +133,19 @@ def score_command(
     peak_file = WORK / "peak-kib"
     timed_command = ["/usr/bin/time", "-f", "%M", "-o", str(peak_file), *command]
     started = time.perf_counter()
-    finished = subprocess.run(timed_command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    finished = subprocess.run(timed_command, capture_output=True)
     seconds = time.perf_counter() - started
     if finished.returncode:
         raise SystemExit(f"{' '.join(command)} failed: {finished.stderr.decode()[-500:]}")
     peak = int(peak_file.read_text().split()[-1])
+    # "model    NAME version 1, predict, runtime sklearn, 2 workers (auto: 2 CPUs)"
+    used = int(finished.stdout.decode().splitlines()[0].split(", ")[3].split()[0])
     if expected is not None:  # the job's answers are the in-process predictions, row for row
         got = pd.read_parquet(output) if output.suffix == ".parquet" else pd.read_csv(output)
         assert got["row"].tolist() == list(range(len(expected))), "rows out of order"
         assert got["prediction"].tolist() == list(expected), f"{name}: predictions differ"
     output.unlink(missing_ok=True)
-    return seconds, peak
+    return seconds, peak, used
 
 
 def free_port() -> int:
@@ -223,6 +228,8 @@ def main() -> int:
     write_demo_bundles(instance / "models", names=MODELS)
     cores = cpus()
     results: dict[str, Any] = {"rows": rows, "cpus": cores, "repeats": repeats, "models": {}}
+    # the 1-minute load average after each score command: the machine may be shared
+    loads: list[float] = results.setdefault("load_1min", [os.getloadavg()[0]])
     server, url = serve(instance)
     try:
         for name in MODELS:
@@ -243,20 +250,27 @@ def main() -> int:
             assert list(post_all(url, name, http_rows)) == expected.tolist(), name
             times: dict[str, list[float]] = {}
             peaks: dict[str, int] = {}
-            score_command(instance, name, sources["parquet"], cores, floor_predictions)
-            for _ in range(repeats):
+            used: dict[str, int] = {}  # workers per label: what auto chose
+            score_command(instance, name, sources["parquet"], "auto", floor_predictions)
+            for repeat in range(repeats):
                 times.setdefault("floor", []).append(timed(estimator.predict, model_rows))
                 for kind, source in sources.items():
                     seconds = floor_command(instance, name, source)
                     times.setdefault(f"floor command {kind}", []).append(seconds)
-                    for workers in sorted({1, cores}):
-                        seconds, peak = score_command(instance, name, source, workers)
-                        times.setdefault(f"score {kind} w{workers}", []).append(seconds)
-                        peaks[f"{kind} w{workers}"] = peak
+                    counts: list[int | str] = ["auto", *sorted({1, cores})]
+                    # interleaved, the order turned round on every other repeat
+                    for workers in counts if repeat % 2 == 0 else counts[::-1]:
+                        seconds, peak, count = score_command(instance, name, source, workers)
+                        what = "auto" if workers == "auto" else f"w{workers}"
+                        label = f"score {kind} {what}"
+                        times.setdefault(label, []).append(seconds)
+                        peaks[f"{kind} {what}"] = peak
+                        used[label] = count
+                        loads.append(os.getloadavg()[0])
                 seconds = timed(post_all, url, name, http_rows)
                 times.setdefault("http", []).append(seconds * rows / len(http_rows))
             # 10,000 rows: the command's start-up (imports, bundle, pool) and flat memory
-            seconds, peaks["csv 10k w1"] = score_command(instance, name, small, 1)
+            seconds, peaks["csv 10k w1"], _ = score_command(instance, name, small, 1)
             times["score start-up (10k rows)"] = [seconds]
             if with_spark:
                 times.update(spark_times(instance, name, sources["parquet"], cores, repeats))
@@ -267,17 +281,22 @@ def main() -> int:
                 entry = {"seconds": seconds, "rows_per_s": rows / seconds if seconds else None}
                 if "start-up" not in label:
                     entry["x_floor"] = floor / seconds
-                if label.startswith("score") and "start-up" not in label:
-                    used = int(label.rsplit("w", 1)[1])
-                    entry["x_floor_per_core"] = floor / seconds / used
+                if label in used:
+                    cores_used = used[label]
+                    entry["workers"] = cores_used
+                    entry["x_floor_per_core"] = floor / seconds / cores_used
                     command = statistics.median(times[f"floor command {label.split()[1]}"])
-                    entry["x_floor_command_per_core"] = command / seconds / used
+                    entry["x_floor_command_per_core"] = command / seconds / cores_used
                 summary[label] = entry
             results["models"][name] = {"summary": summary, "peak_rss_kib": peaks, "raw": times}
             print_model(name, rows, summary, peaks)
     finally:
         server.terminate()
         server.wait(timeout=30)
+    print(
+        f"\nload average (1 min) after each score command: min {min(loads):.1f}, median "
+        f"{statistics.median(loads):.1f}, max {max(loads):.1f}"
+    )
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     (RESULTS / f"batch-{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -331,6 +350,8 @@ def print_model(name: str, rows: int, summary: dict[str, Any], peaks: dict[str, 
         f"{'x command/core':>14}"
     )
     for label, entry in summary.items():
+        if "workers" in entry:
+            label = f"{label} ({entry['workers']})"
         cells = [
             f"{entry[key]:.2f}x" if entry.get(key) is not None else ""
             for key in ("x_floor", "x_floor_per_core", "x_floor_command_per_core")

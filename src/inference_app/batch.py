@@ -54,10 +54,11 @@ BLOCK_BYTES = 1 << 23
 #: How many chunks may be read ahead of the one being written, per worker process.
 CHUNKS_PER_WORKER = 2
 #: ``workers="auto"``: the input rows each worker process must get for it to pay for its
-#: start-up (forking, its engine, handing chunks over). Measured on 2 CPUs with
-#: ``bench/batch.py``'s models, whole commands of one against two workers timed alternately
-#: (bench/RESULTS.md): below this many rows per worker, two took longer than one.
-AUTO_ROWS_PER_WORKER = 250_000
+#: start-up (forking, handing chunks over, the parent's extra work). Measured on 2 CPUs with
+#: ``bench/batch.py``'s models (bench/RESULTS.md, whole commands of one and two workers timed
+#: in alternating pairs): two took 1.0-1.2x one's time on 200,000 rows, 0.83-1.10x on
+#: 1,000,000 (even for the forest, faster for the pipeline), 0.76-0.87x from 1,500,000.
+AUTO_ROWS_PER_WORKER = 500_000
 #: Bytes of a CSV or JSON lines file read to estimate its rows from its size.
 SAMPLE_BYTES = 1 << 20
 #: How CSV outputs are written (by Arrow): text quoted, numbers not, no header per chunk.
@@ -887,7 +888,7 @@ class Workers:
 
     :param count: processes scoring chunks, at least 1 (1 scores in the job's own process).
     :param reason: for ``workers="auto"``, why this many, one short phrase (``2 CPUs``,
-        ``1 row group``, ``344 rows; 2 need 500,000``); ``None`` for a count given.
+        ``1 row group``, ``344 rows; 2 need 1,000,000``); ``None`` for a count given.
     """
 
     count: int
