@@ -11,6 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from gunicorn import glogging
+
 from inference_app import logs
 
 
@@ -152,6 +154,21 @@ logconfig_dict = logs.logging_config(
     _env_choice("INFERENCE_APP_LOG_FORMAT", "json", ("json", "text")), loglevel.upper()
 )
 accesslog = os.environ.get("GUNICORN_ACCESSLOG")
+if accesslog:  # Gunicorn's own handler for it, not the silenced logger of the app's config
+    del logconfig_dict["loggers"]["gunicorn.access"]
+
+
+class _Logger(glogging.Logger):
+    """Gunicorn's logger, building its own access line only when ``GUNICORN_ACCESSLOG`` asks
+    for it: with a logging configuration, Gunicorn builds it on every request and the
+    ``gunicorn.access`` logger then drops it (about 9% of a worker's time on iris)."""
+
+    def access(self, resp, req, environ, request_time):
+        if self.cfg.accesslog:
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = _Logger
 errorlog = _env("GUNICORN_ERRORLOG", "-")
 proc_name = _env("GUNICORN_PROC_NAME", "inference-app")
 

@@ -516,3 +516,20 @@ def test_each_dialect_answers_bad_input_in_its_shape_and_serving_goes_on(server:
     for _ in range(4):  # reach both workers
         payload = post_predict(server, "iris", {"instances": rows.tolist()})
         assert payload["predictions"] == estimator.predict(rows).tolist()
+
+
+def test_gunicorns_own_access_log_only_when_asked_for(tmp_path: Path, server: Server) -> None:
+    body = {"instances": [[5.1, 3.5, 1.4, 0.2]]}
+    line = '"POST /v1/models/iris:predict HTTP/1.1" 200'
+    requests.post(f"{server.url}/v1/models/iris:predict", json=body, timeout=REQUEST_TIMEOUT)
+    assert line not in server.log()  # off by default: the app writes its own JSON line
+    instance = tmp_path / "instance"
+    write_demo_bundles(instance / "models", names=["iris"])
+    asked = start_gunicorn(instance, tmp_path / "gunicorn.log", GUNICORN_ACCESSLOG="-")
+    try:
+        wait_ready(asked)
+        answer = requests.post(f"{asked.url}/v1/models/iris:predict", json=body, timeout=30)
+        assert answer.status_code == 200
+        assert wait_until(lambda: line in asked.log(), 5), asked.log()[-2000:]
+    finally:
+        stop(asked)

@@ -30,6 +30,11 @@ VARIANTS: dict[str, dict[str, str]] = {
     "gthread8": {"GUNICORN_CMD_ARGS": "--worker-class gthread --threads 8"},
     "gthread1_reuseport": {"GUNICORN_CMD_ARGS": "--worker-class gthread --threads 1 --reuse-port"},
     "gthread4_reuseport": {"GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4 --reuse-port"},
+    "gthread4_batching": {
+        "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4",
+        "INFERENCE_APP_BATCHING": "true",
+    },
+    "gthread2": {"GUNICORN_CMD_ARGS": "--worker-class gthread --threads 2"},
     "gevent": {"GUNICORN_CMD_ARGS": "--worker-class gevent"},
     "gevent_reuseport": {"GUNICORN_CMD_ARGS": "--worker-class gevent --reuse-port"},
 }
