@@ -930,9 +930,21 @@ def test_auto_estimates_a_big_text_files_rows_from_its_size_or_counts_them_for_p
     quiet = runner.invoke(main, [*arguments, "--instance-path", str(instance)])
     shown = runner.invoke(main, [*arguments, "--progress", "--instance-path", str(instance)])
 
-    # Without a progress bar the rows are estimated (two significant digits shown); the
+    # Without a progress bar the rows are estimated (three significant digits shown); the
     # bar's count is exact.
     found = re.search(r", 1 worker \(auto: about ([\d,]+) rows; 2 need 4,000\)$", first_line(quiet))
     assert found is not None, first_line(quiet)
     assert abs(int(found[1].replace(",", "")) - len(frame)) < 0.05 * len(frame)
     assert first_line(shown).endswith(", 1 worker (auto: 2,276 rows; 2 need 4,000)")
+
+
+def test_an_estimate_just_short_of_two_workers_rows_is_shown_short_of_them() -> None:
+    need = 2 * batch.AUTO_ROWS_PER_WORKER
+    short = batch.auto_workers(need - 1, parts=100, cpus=2, exact=False)
+    enough = batch.auto_workers(need, parts=100, cpus=2, exact=False)
+
+    assert short.count == 1 and short.reason is not None
+    found = re.fullmatch(rf"about ([\d,]+) rows; 2 need {need:,}", short.reason)
+    assert found is not None, short.reason
+    assert 0.99 * need <= int(found[1].replace(",", "")) < need  # not "about 1,000,000"
+    assert enough == batch.Workers(2, "2 CPUs")

@@ -917,7 +917,9 @@ def auto_workers(
     if count == cpus:
         reason = f"{cpus} CPU{'s' if cpus > 1 else ''}"
     elif count == by_rows:
-        shown = f"{rows:,}" if exact else f"about {int(float(f'{rows:.2g}')):,}"
+        # an estimate to 3 significant digits, rounded down: never shown as the next count's rows
+        unit = 10 ** max(0, len(str(rows)) - 3)
+        shown = f"{rows:,}" if exact else f"about {rows // unit * unit:,}"
         reason = f"{shown} rows; {count + 1} need {(count + 1) * per_worker:,}"
     else:
         reason = f"{parts} {part}{'s' if parts != 1 else ''}"
