@@ -34,7 +34,6 @@ VARIANTS: dict[str, dict[str, str]] = {
         "GUNICORN_CMD_ARGS": "--worker-class gthread --threads 4",
         "INFERENCE_APP_BATCHING": "true",
     },
-    "gthread2": {"GUNICORN_CMD_ARGS": "--worker-class gthread --threads 2"},
     "gevent": {"GUNICORN_CMD_ARGS": "--worker-class gevent"},
     "gevent_reuseport": {"GUNICORN_CMD_ARGS": "--worker-class gevent --reuse-port"},
 }
