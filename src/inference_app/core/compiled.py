@@ -3,7 +3,8 @@
 Both libraries are dependencies: ``inference-app package`` and ``init-demo`` convert by
 default (``--no-onnx`` skips it). A conversion is kept only when its outputs on the
 training sample match scikit-learn's: labels exactly, probabilities within
-:data:`TOLERANCE`. Sessions are created in each serving process, never before ``fork``.
+:data:`TOLERANCE`. Sessions are created in each serving process after ``fork``, or in the
+preloading master when each worker predicts on one thread (see ``process.share_engines``).
 
 A model takes its rows in one of :data:`LAYOUTS`:
 
@@ -128,16 +129,11 @@ def convert(
     reasons: list[tuple[str, str]] = []
     for dtype in ("float64", "float32"):
         rows = sample.astype(dtype)
-        try:
-            model = to_onnx(estimator, rows[:1], options=options).SerializeToString()
-        except Exception as error:  # skl2onnx raises many kinds for unsupported estimators
-            reasons.append((dtype, f"skl2onnx cannot convert it: {type(error).__name__}: {error}"))
+        convert_rows = functools.partial(to_onnx, estimator, rows[:1], options=options)
+        attempt = _attempt(dtype, convert_rows, reasons)
+        if attempt is None:
             continue
-        try:
-            session = session_for(model, quiet=True)
-        except BundleError as error:  # e.g. a float64 input meeting a float-only kernel
-            reasons.append((dtype, str(error)))
-            continue
+        model, session = attempt
         names = [output.name for output in session.get_outputs()]
         outputs = _outputs(methods, names)
         try:
@@ -150,6 +146,23 @@ def convert(
             return Conversion(model=model, input_dtype=dtype, outputs=outputs)
         reasons.append((dtype, problem))
     raise _no_match(reasons)
+
+
+def _attempt(
+    label: str, convert: Callable[[], Any], reasons: list[tuple[str, str]]
+) -> tuple[bytes, Any] | None:
+    """Run one conversion attempt and open a session on it; return the model's bytes and the
+    session, or ``None`` after appending ``(label, why)`` to ``reasons``."""
+    try:
+        model: bytes = convert().SerializeToString()
+    except Exception as error:  # skl2onnx raises many kinds for unsupported estimators
+        reasons.append((label, f"skl2onnx cannot convert it: {type(error).__name__}: {error}"))
+        return None
+    try:
+        return model, session_for(model, quiet=True)
+    except BundleError as error:  # e.g. a float64 input meeting a float-only kernel
+        reasons.append((label, str(error)))
+        return None
 
 
 def _no_match(reasons: list[tuple[str, str]]) -> BundleError:
@@ -192,18 +205,13 @@ def _convert_typed(
             (name, getattr(data_types, TENSOR_TYPES[dtype])([None, 1]))
             for name, dtype in dtypes.items()
         ]
-        try:
-            model = to_onnx(
-                converted, initial_types=initial_types, options=all_options or None
-            ).SerializeToString()
-        except Exception as error:  # skl2onnx raises many kinds for unsupported estimators
-            reasons.append((label, f"skl2onnx cannot convert it: {type(error).__name__}: {error}"))
+        convert_typed = functools.partial(
+            to_onnx, converted, initial_types=initial_types, options=all_options or None
+        )
+        attempt = _attempt(label, convert_typed, reasons)
+        if attempt is None:
             continue
-        try:
-            session = session_for(model, quiet=True)
-        except BundleError as error:  # e.g. a float64 input meeting a float-only kernel
-            reasons.append((label, str(error)))
-            continue
+        model, session = attempt
         present = [item.name for item in session.get_inputs()]
         renamed = [name for name in present if name not in dtypes]
         if renamed:
