@@ -28,13 +28,14 @@ except ImportError as error:  # the test extra installs them: `make test` does
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[Client]:
-    """Two single-threaded worker processes on 127.0.0.1, no dashboard."""
+    """Two single-threaded worker processes on 127.0.0.1; the dashboard on a free port (None
+    still takes 8787, which another process may hold)."""
     with (
         LocalCluster(
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",
             host="127.0.0.1",
         ) as cluster,
         Client(cluster) as connected,
