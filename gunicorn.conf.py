@@ -69,9 +69,10 @@ backlog = _env_int("GUNICORN_BACKLOG", 2048)
 #       loaded by the master. Roughly one per core.
 #   worker_class, threads - gthread workers of 4 threads: connections are kept alive (no TCP
 #       handshake per request), a client that sends its request slowly holds one thread, not
-#       the worker, and onnxruntime and scikit-learn release the GIL while they predict. It
-#       was the fastest class for this app on every scenario of bench/RESULTS.md (sync,
-#       gthread 1 to 8 threads, gevent); sync workers close the connection after each answer.
+#       the worker, and onnxruntime and scikit-learn release the GIL while they predict.
+#       bench/RESULTS.md compares sync, gthread 1 to 8 threads and gevent: gevent lost
+#       everywhere; sync did as well in throughput (it closes each connection) but stalls
+#       behind slow clients, so it suits only a buffering proxy in front.
 #   timeout - Seconds a worker may stay silent before the master restarts it.
 #   graceful_timeout - Seconds a worker has to finish its requests after a restart signal.
 #   keepalive - Seconds to wait for the next request on a keep-alive connection.
@@ -214,7 +215,8 @@ def _parser_in_use(cfg):
         return "Gunicorn's Python parser"
     import gunicorn_h1c
 
-    return f"gunicorn_h1c {getattr(gunicorn_h1c, '__version__', '')} (C)".replace("  ", " ")
+    version = getattr(gunicorn_h1c, "__version__", None)
+    return f"gunicorn_h1c {version} (C)" if version else "gunicorn_h1c (C)"
 
 
 def pre_fork(server, worker):

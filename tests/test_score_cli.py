@@ -676,7 +676,6 @@ def test_a_text_model_scores_quoted_csv_text_as_the_server(
 def test_the_onnx_engine_scores_as_the_server_under_runtime_onnx(
     runner: CliRunner, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    pytest.importorskip("onnxruntime")
     instance = tmp_path_factory.mktemp("onnx")
     [written] = write_demo_bundles(instance / "models", names=["penguins"], onnx=True)
     assert written.bundle is not None and written.bundle.onnx is not None

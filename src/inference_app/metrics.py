@@ -224,7 +224,7 @@ def record_request(
     pairs: list[tuple[Value, float]] = [
         (requests, 1.0),
         (durations.sum, duration),
-        (durations.buckets[bisect.bisect_left(durations.bounds, duration)], 1.0),
+        (durations.bucket(duration), 1.0),
     ]
     if rows:
         counted = _ROWS_SERIES.get((kind, model, version))
@@ -238,7 +238,7 @@ def record_request(
         if timing is None:
             timing = _STAGE_SERIES[kind, stage] = Timing.of(STAGE_DURATION.labels(kind, stage))
         pairs.append((timing.sum, seconds))
-        pairs.append((timing.buckets[bisect.bisect_left(timing.bounds, seconds)], 1.0))
+        pairs.append((timing.bucket(seconds), 1.0))
     if status >= 400:
         labels = (kind, error_kind or str(status))
         error = _ERROR_SERIES.get(labels)
