@@ -169,6 +169,27 @@ def test_unseen_categories_are_served_and_counted(bundles: dict[str, Bundle]) ->
     assert scored.unseen == {"sex": 2}
 
 
+def test_arrow_strings_keep_unseen_and_missing_values_as_they_are(
+    bundles: dict[str, Bundle],
+) -> None:
+    # Arrow-backed strings are looked up in the categories whole; an unseen value must reach
+    # the model as itself (its one-hot columns all 0), not as missing (imputed to "male").
+    objects = dataset("penguins").copy()
+    objects.loc[[1, 4], "sex"] = "unknown"
+    objects.loc[[2, 5], "sex"] = math.nan
+    strings = objects.astype({"island": "str", "sex": "str"})
+    scorer = Scorer(bundles["penguins"], method="predict_proba")
+
+    scored = scorer.score(strings)
+
+    expected = bundles["penguins"].estimator.predict_proba(objects)
+    np.testing.assert_array_equal(scored.outputs.to_numpy(), expected)
+    assert scored.unseen == {"sex": 2}
+    imputed = objects.copy()
+    imputed.loc[[1, 4], "sex"] = math.nan
+    assert not np.array_equal(expected, bundles["penguins"].estimator.predict_proba(imputed))
+
+
 def test_numbers_in_a_frame_are_checked_like_the_apis(bundles: dict[str, Bundle]) -> None:
     frame = dataset("iris").iloc[:6].copy()
     frame.loc[2, "sepal length (cm)"] = math.nan  # iris's logistic regression takes no NaN

@@ -188,7 +188,8 @@ def from_columns(
     ):
         for column, feature in zip(values, inputs, strict=True):
             _check_tensor(column, feature, where)
-        matrix = np.column_stack([v.astype(np.float64) for v in values])
+        # one copy into the matrix: a copy of each column first took 4x as long
+        matrix = np.stack(values, axis=1, dtype=np.float64, casting="unsafe")
         check_finite(matrix, inputs, where)
         return ModelInput(matrix, count)
     if layout == "matrix":
@@ -557,9 +558,13 @@ def _strings(
     known = None
     if isinstance(values, pd.Series):
         lengths = values.str.len().fillna(0).to_numpy(dtype=np.int64)
-        if feature.kind == "categorical":  # Arrow's hash lookup, before leaving Arrow
-            known = (values.isin(list(feature.categories or ())) | values.isna()).to_numpy()
-        array = values.to_numpy(dtype=object, na_value=math.nan)
+        coded = _coded(values, feature) if feature.kind == "categorical" else None
+        if coded is not None:
+            array, known = coded
+        else:
+            if feature.kind == "categorical":  # Arrow's hash lookup, before leaving Arrow
+                known = (values.isin(list(feature.categories or ())) | values.isna()).to_numpy()
+            array = values.to_numpy(dtype=object, na_value=math.nan)
         values = array  # indexable by position, for the message below
     else:
         lengths = np.fromiter(
@@ -581,6 +586,31 @@ def _strings(
     if feature.dtype in ("str", "string"):
         return pd.array(array, dtype=feature.dtype), 0
     return array, 0
+
+
+def _coded(values: pd.Series, feature: Feature) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return an Arrow-backed string column of a categorical feature as an object array
+    ``(n_samples,)`` and where its values are known categories or missing, by Arrow's hash
+    lookup (``pyarrow.compute.index_in``): each known value is the category's own ``str``
+    object, not a new one per row (4x faster than converting the column, and the model's
+    encoder hashes each category once); missing values are NaN, other values themselves.
+    ``None`` for a column not held by Arrow, or categories that are not all strings."""
+    categories = list(feature.categories or ())
+    if getattr(values.dtype, "storage", None) != "pyarrow" or not all(
+        type(category) is str for category in categories
+    ):
+        return None
+    import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
+    import pyarrow.compute as pc  # type: ignore[import-untyped, unused-ignore]
+
+    arrow = pa.array(values)
+    positions = pc.index_in(arrow, value_set=pa.array(categories, arrow.type))
+    codes = positions.fill_null(-1).to_numpy().astype(np.intp, copy=False)
+    array = np.array([*categories, math.nan], dtype=object)[codes]  # -1: the NaN at the end
+    strange = (codes < 0) & values.notna().to_numpy()
+    if strange.any():  # values the model never saw: kept as they are
+        array[strange] = values[strange].to_numpy(dtype=object)
+    return array, ~strange
 
 
 def _categories(
