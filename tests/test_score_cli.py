@@ -348,6 +348,8 @@ def test_two_workers_write_what_one_writes(
     assert (tmp_path / "two.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
     assert "2 workers" in two.stdout.splitlines()[0]
     assert two.stdout.splitlines()[2] == one.stdout.splitlines()[2]
+    # The console script leaves without the interpreter's teardown: the summary is whole.
+    assert two.stdout.splitlines()[-1].startswith("time     ")
 
 
 def grouped_penguins(path: Path) -> Path:
@@ -846,6 +848,30 @@ def test_auto_takes_as_many_workers_as_rows_row_groups_and_cpus_allow(
         assert (tmp_path / f"{name}.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
         assert result.stdout.splitlines()[2] == one.stdout.splitlines()[2]  # rows, refused
 
+
+
+def test_default_chunks_are_sized_in_values_not_rows(
+    runner: CliRunner, instance: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert batch.default_chunk_rows(30) == 50_000  # the forest
+    assert batch.default_chunk_rows(6) == 250_000  # penguins: the most rows
+    assert batch.default_chunk_rows(100_000) == 1_000  # the fewest
+    # Lowered: 600 values are 100 of penguins' 6-feature rows, so 344 rows are 4 chunks,
+    # which auto (one worker per row here, 64 CPUs) shows as its limit.
+    monkeypatch.setattr(batch, "CHUNK_CELLS", 600)
+    monkeypatch.setattr(batch, "CHUNK_ROWS_RANGE", (1, 250_000))
+    monkeypatch.setattr(batch, "AUTO_ROWS_PER_WORKER", 1)
+    monkeypatch.setattr(batch, "available_cpus", lambda: 64)
+    given = write(bad_penguins(), tmp_path / "penguins.csv")
+
+    def run(output: Path, *more: str) -> Result:
+        options = ["--on-error", "mark", "--instance-path", str(instance), *more]
+        return runner.invoke(main, ["score", "penguins", str(given), str(output), *options])
+
+    auto, one = run(tmp_path / "auto.csv"), run(tmp_path / "one.csv", "--workers", "1")
+    assert first_line(auto).endswith(", 4 workers (auto: 4 chunks)"), auto.output
+    assert first_line(one).endswith(", 1 worker"), one.output
+    assert (tmp_path / "auto.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
 
 def test_auto_takes_no_more_workers_than_parquet_row_groups(
     runner: CliRunner, instance: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -47,8 +47,15 @@ FORMATS = {
     ".ndjson": "jsonl",
 }
 FORMAT_NAMES = {"csv": "CSV", "parquet": "Parquet", "jsonl": "JSON lines"}
-#: Rows per chunk, by default: a chunk is read, scored and written at once.
-DEFAULT_CHUNK_ROWS = 50_000
+#: Cells (rows x features) per chunk, by default: a chunk is read, scored and written at
+#: once. Sized in cells, not rows, so that a chunk's memory does not grow with the features,
+#: and so that a model of few features is not called once per few rows: each call to a
+#: scikit-learn pipeline costs a fixed 10-15 ms (penguins' 6 features, 1,000,000 rows from
+#: Parquet: 0.79 s in 50,000-row chunks, 0.59 s in 250,000; the 30-feature forest gains
+#: nothing past 50,000 rows).
+CHUNK_CELLS = 1_500_000
+#: The fewest and the most rows of a default chunk (:func:`default_chunk_rows`).
+CHUNK_ROWS_RANGE = (1_000, 250_000)
 #: Bytes read at a time when CSV lines are split into chunks for the worker processes.
 BLOCK_BYTES = 1 << 23
 #: How many chunks may be read ahead of the one being written, per worker process.
@@ -202,6 +209,14 @@ def check_options(bundle: Bundle, options: Options) -> None:
             f"model {bundle.name!r} version {bundle.version!r} has no ONNX model "
             "(--runtime onnx): package it again without --no-onnx"
         )
+
+
+def default_chunk_rows(features: int) -> int:
+    """Return the rows per chunk of a model with ``features`` inputs: :data:`CHUNK_CELLS`
+    divided by the features, within :data:`CHUNK_ROWS_RANGE` (50,000 rows for 30 features,
+    250,000 for 6 or fewer)."""
+    low, high = CHUNK_ROWS_RANGE
+    return min(high, max(low, CHUNK_CELLS // max(1, features)))
 
 
 def output_columns(bundle: Bundle, options: Options) -> list[str]:
@@ -944,7 +959,7 @@ def score_file(
     output_path: Path,
     options: Options,
     *,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    chunk_rows: int | None = None,
     workers: int | None = None,
     progress: bool | None = None,
 ) -> Summary:
@@ -959,7 +974,7 @@ def score_file(
     beside ``output_path`` and renamed to it at the end: a job that stops leaves no file.
 
     :param bundle_path: the bundle's version folder (:func:`find_bundle`).
-    :param chunk_rows: rows per chunk, at least 1.
+    :param chunk_rows: rows per chunk, at least 1; default: :func:`default_chunk_rows`.
     :param workers: processes scoring chunks, 1 scoring in this process; default (``None``):
         as many as pay for their start-up (:func:`choose_workers`), at most
         :func:`~inference_app.process.available_cpus`; the summary says why.
@@ -979,6 +994,8 @@ def score_file(
     bundle = load_bundle(bundle_path, strict_sklearn_version=options.strict_sklearn_version)
     check_options(bundle, options)
     features = bundle.manifest.inputs
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(len(features))
     reader = READERS[source](input_path, features, max(1, chunk_rows))
     show = sys.stderr.isatty() if progress is None else progress
     total = reader.count_rows() if show else None

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import errno
 import json
+import logging
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import joblib
@@ -31,6 +34,11 @@ from inference_app.logs import one_line
 
 #: The sample formats ``package`` reads, by file extension (lower case).
 SAMPLE_FORMATS = {".csv": "CSV", ".parquet": "Parquet", ".pq": "Parquet"}
+
+#: Set by the console script (:func:`run`): a finished local ``score`` job ends its process
+#: without the interpreter's teardown (:func:`_leave`). Unset when :func:`main` runs in
+#: another program's process, such as click's test runner.
+_CONSOLE = False
 
 instance_option = click.option(
     "--instance-path",
@@ -344,9 +352,10 @@ def models(instance_path: Path) -> None:
 @click.option(
     "--chunk-rows",
     type=click.IntRange(min=1),
-    default=batch.DEFAULT_CHUNK_ROWS,
-    show_default=True,
-    help="Rows read, scored and written at a time.",
+    help=(
+        "Rows read, scored and written at a time; default: 1,500,000 values (rows x "
+        "features), 1,000 to 250,000 rows."
+    ),
 )
 @click.option(
     "--workers",
@@ -388,7 +397,7 @@ def score(
     version: str | None,
     method: str,
     on_error: str,
-    chunk_rows: int,
+    chunk_rows: int | None,
     workers: int | None,
     runtime: str | None,
     engine: str,
@@ -441,6 +450,26 @@ def score(
         raise click.ClickException(one_line(str(error))) from None
     for line in summary.lines():
         click.echo(line)
+    if _CONSOLE:
+        _leave()
+
+
+def _leave() -> NoReturn:
+    """End the process with status 0 now, its output flushed, skipping the interpreter's
+    teardown: freeing the objects of some 1,600 modules one by one took 0.2 s (7%) of a
+    1,000,000-row job. The job's own work is done by then: the worker pool is shut down, the
+    output file renamed, the summary printed."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def run() -> None:
+    """Run :func:`main` as the ``inference-app`` console script."""
+    global _CONSOLE
+    _CONSOLE = True
+    main()
 
 
 def _score_on_spark(
