@@ -849,7 +849,6 @@ def test_auto_takes_as_many_workers_as_rows_row_groups_and_cpus_allow(
         assert result.stdout.splitlines()[2] == one.stdout.splitlines()[2]  # rows, refused
 
 
-
 def test_default_chunks_are_sized_in_values_not_rows(
     runner: CliRunner, instance: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -872,6 +871,7 @@ def test_default_chunks_are_sized_in_values_not_rows(
     assert first_line(auto).endswith(", 4 workers (auto: 4 chunks)"), auto.output
     assert first_line(one).endswith(", 1 worker"), one.output
     assert (tmp_path / "auto.csv").read_bytes() == (tmp_path / "one.csv").read_bytes()
+
 
 def test_auto_takes_no_more_workers_than_parquet_row_groups(
     runner: CliRunner, instance: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
