@@ -16,17 +16,28 @@ pipeline with strings and missing values) it writes its demo data tiled to ``BEN
 - ``spark``: :func:`inference_app.spark.score_file` in ``local[N]`` mode from Parquet, and the
   start-up of its session alone.
 
-It prints rows/s, the ratio to the floor and, for ``score``, to the floor per core used and to
-the floor command from the same format per core used (whole process against whole process; the
-cores used by ``auto`` are the workers its summary names), and peak RSS of the ``score``
-processes for 10,000 rows and for all of them (flat memory). Results
-go to ``bench/results/batch-<timestamp>.json``. Run it as ``make bench-batch``.
+It prints rows/s, the ratio to the floor and, for ``score``, to the floor command from the same
+format (whole process against whole process) two ways per core used:
+
+- per worker: the ratio divided by the workers (``auto``'s from its summary), as if each
+  worker held a core for the whole command;
+- per CPU second: rows per second of CPU time (user and system, the command and its workers,
+  as the kernel accounts them) against the floor command's; ``cores`` is CPU time over wall
+  time, the cores a command kept busy on average (a single process uses more than 1 when
+  OpenBLAS, OpenMP or Arrow threads run).
+
+``score_file in process`` is :func:`inference_app.batch.score_file` called in the bench's own
+process (no interpreter start-up or imports, as a Spark or Dask partition calls the library):
+reading, checking, scoring and writing against the floor's ``predict`` alone. It also prints
+the peak RSS of the ``score`` processes for 10,000 rows and for all of them (flat memory).
+Results go to ``bench/results/batch-<timestamp>.json``. Run it as ``make bench-batch``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -91,16 +102,24 @@ pd.DataFrame({"prediction": estimator.predict(rows)}).to_parquet(output)
 """
 
 
-def floor_command(instance: Path, name: str, source: Path) -> float:
-    """Run :data:`FLOOR_SCRIPT` on ``source`` and return its seconds."""
+def children_cpu() -> float:
+    """Return the CPU seconds (user and system) of this process's finished children, and of
+    theirs that were waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def floor_command(instance: Path, name: str, source: Path) -> tuple[float, float]:
+    """Run :data:`FLOOR_SCRIPT` on ``source`` and return its wall and CPU seconds."""
     model_file = instance / "models" / name / "1" / "model.joblib"
     output = WORK / f"floor-{name}.parquet"
     command = [sys.executable, "-c", FLOOR_SCRIPT, str(model_file), str(source), str(output)]
+    cpu = children_cpu()
     started = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - started
     output.unlink()
-    return seconds
+    return seconds, children_cpu() - cpu
 
 
 def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
@@ -112,10 +131,11 @@ def timed(function: Callable[..., Any], *args: Any, **kwargs: Any) -> float:
 
 def score_command(
     instance: Path, name: str, source: Path, workers: int | str, expected: Any = None
-) -> tuple[float, int, int]:
+) -> tuple[float, float, int, int]:
     """Run ``inference-app score`` with ``--workers`` (a number or ``auto``) and return its
-    seconds, its peak RSS in KiB (the largest single process: the command or one of its
-    workers) and the workers it used (from its summary)."""
+    wall and CPU seconds (the command and its workers), its peak RSS in KiB (the largest
+    single process: the command or one of its workers) and the workers it used (from its
+    summary)."""
     output = WORK / f"out-{name}-{workers}{source.suffix}"
     command = [
         str(BIN / "inference-app"),
@@ -132,9 +152,11 @@ def score_command(
     # inherit its peak RSS (Linux keeps the high-water mark across exec).
     peak_file = WORK / "peak-kib"
     timed_command = ["/usr/bin/time", "-f", "%M", "-o", str(peak_file), *command]
+    cpu = children_cpu()
     started = time.perf_counter()
     finished = subprocess.run(timed_command, capture_output=True)
     seconds = time.perf_counter() - started
+    cpu = children_cpu() - cpu
     if finished.returncode:
         raise SystemExit(f"{' '.join(command)} failed: {finished.stderr.decode()[-500:]}")
     peak = int(peak_file.read_text().split()[-1])
@@ -145,7 +167,7 @@ def score_command(
         assert got["row"].tolist() == list(range(len(expected))), "rows out of order"
         assert got["prediction"].tolist() == list(expected), f"{name}: predictions differ"
     output.unlink(missing_ok=True)
-    return seconds, peak, used
+    return seconds, cpu, peak, used
 
 
 def free_port() -> int:
@@ -217,6 +239,7 @@ def post_all(url: str, name: str, frame: pd.DataFrame) -> list[Any]:
 
 def main() -> int:
     """Measure every model and method; print and save the results."""
+    from inference_app import batch
     from inference_app.demo import write_demo_bundles
 
     rows = int(os.environ.get("BENCH_ROWS", "1000000"))
@@ -249,28 +272,42 @@ def main() -> int:
             expected = floor_predictions[: len(http_rows)]
             assert list(post_all(url, name, http_rows)) == expected.tolist(), name
             times: dict[str, list[float]] = {}
+            cpu: dict[str, list[float]] = {}  # CPU seconds of each command, by label
             peaks: dict[str, int] = {}
             used: dict[str, int] = {}  # workers per label: what auto chose
             score_command(instance, name, sources["parquet"], "auto", floor_predictions)
             for repeat in range(repeats):
                 times.setdefault("floor", []).append(timed(estimator.predict, model_rows))
+                job = batch.score_file(
+                    instance / "models" / name / "1",
+                    sources["parquet"],
+                    WORK / f"in-process-{name}.parquet",
+                    batch.Options(),
+                    workers=1,
+                    progress=False,
+                )
+                times.setdefault("score_file in process, parquet w1", []).append(job.seconds)
                 for kind, source in sources.items():
-                    seconds = floor_command(instance, name, source)
+                    seconds, used_cpu = floor_command(instance, name, source)
                     times.setdefault(f"floor command {kind}", []).append(seconds)
+                    cpu.setdefault(f"floor command {kind}", []).append(used_cpu)
                     counts: list[int | str] = ["auto", *sorted({1, cores})]
                     # interleaved, the order turned round on every other repeat
                     for workers in counts if repeat % 2 == 0 else counts[::-1]:
-                        seconds, peak, count = score_command(instance, name, source, workers)
+                        seconds, used_cpu, peak, count = score_command(
+                            instance, name, source, workers
+                        )
                         what = "auto" if workers == "auto" else f"w{workers}"
                         label = f"score {kind} {what}"
                         times.setdefault(label, []).append(seconds)
+                        cpu.setdefault(label, []).append(used_cpu)
                         peaks[f"{kind} {what}"] = peak
                         used[label] = count
                         loads.append(os.getloadavg()[0])
                 seconds = timed(post_all, url, name, http_rows)
                 times.setdefault("http", []).append(seconds * rows / len(http_rows))
             # 10,000 rows: the command's start-up (imports, bundle, pool) and flat memory
-            seconds, peaks["csv 10k w1"], _ = score_command(instance, name, small, 1)
+            seconds, _, peaks["csv 10k w1"], _ = score_command(instance, name, small, 1)
             times["score start-up (10k rows)"] = [seconds]
             if with_spark:
                 times.update(spark_times(instance, name, sources["parquet"], cores, repeats))
@@ -281,14 +318,29 @@ def main() -> int:
                 entry = {"seconds": seconds, "rows_per_s": rows / seconds if seconds else None}
                 if "start-up" not in label:
                     entry["x_floor"] = floor / seconds
+                if label in cpu:
+                    entry["cpu_seconds"] = statistics.median(cpu[label])
+                    entry["cores"] = statistics.median(
+                        c / s for c, s in zip(cpu[label], values, strict=True)
+                    )
                 if label in used:
-                    cores_used = used[label]
-                    entry["workers"] = cores_used
-                    entry["x_floor_per_core"] = floor / seconds / cores_used
-                    command = statistics.median(times[f"floor command {label.split()[1]}"])
-                    entry["x_floor_command_per_core"] = command / seconds / cores_used
+                    workers = used[label]
+                    entry["workers"] = workers
+                    entry["x_floor_per_worker"] = floor / seconds / workers
+                    command = f"floor command {label.split()[1]}"
+                    entry["x_floor_command_per_worker"] = (
+                        statistics.median(times[command]) / seconds / workers
+                    )
+                    entry["x_floor_command_per_cpu_second"] = (
+                        statistics.median(cpu[command]) / entry["cpu_seconds"]
+                    )
                 summary[label] = entry
-            results["models"][name] = {"summary": summary, "peak_rss_kib": peaks, "raw": times}
+            results["models"][name] = {
+                "summary": summary,
+                "peak_rss_kib": peaks,
+                "raw": times,
+                "raw_cpu": cpu,
+            }
             print_model(name, rows, summary, peaks)
     finally:
         server.terminate()
@@ -344,21 +396,22 @@ def spark_times(
 
 def print_model(name: str, rows: int, summary: dict[str, Any], peaks: dict[str, int]) -> None:
     """Print one model's table."""
-    print(f"\n{name}, {rows:,} rows (medians)")
+    print(f"\n{name}, {rows:,} rows (medians; x command: against the floor command)")
     print(
-        f"{'what':32} {'seconds':>9} {'rows/s':>12} {'x floor':>8} {'x floor/core':>12} "
-        f"{'x command/core':>14}"
+        f"{'what':36} {'seconds':>8} {'rows/s':>10} {'cores':>6} {'x floor':>8} "
+        f"{'x command/worker':>16} {'x command/CPU s':>15}"
     )
     for label, entry in summary.items():
         if "workers" in entry:
             label = f"{label} ({entry['workers']})"
         cells = [
             f"{entry[key]:.2f}x" if entry.get(key) is not None else ""
-            for key in ("x_floor", "x_floor_per_core", "x_floor_command_per_core")
+            for key in ("x_floor", "x_floor_command_per_worker", "x_floor_command_per_cpu_second")
         ]
+        cores = f"{entry['cores']:.2f}" if "cores" in entry else ""
         print(
-            f"{label:32} {entry['seconds']:9.2f} {entry['rows_per_s'] or 0:12,.0f} "
-            f"{cells[0]:>8} {cells[1]:>12} {cells[2]:>14}"
+            f"{label:36} {entry['seconds']:8.2f} {entry['rows_per_s'] or 0:10,.0f} {cores:>6} "
+            f"{cells[0]:>8} {cells[1]:>16} {cells[2]:>15}"
         )
     print("peak RSS of score (MiB): " + ", ".join(f"{k} {v / 1024:.0f}" for k, v in peaks.items()))
 
