@@ -8,6 +8,7 @@ import atexit
 import gc
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -259,10 +260,17 @@ def worker_int(worker):
 
 def worker_exit(server, worker):
     """Stop this worker's gRPC server, letting its calls finish (on TERM, and on HUP once a
-    new worker listens)."""
+    new worker listens), then end the worker without the interpreter's teardown, with the
+    status its ``SystemExit`` carries (``process.leave``: onnxruntime, imported before the
+    fork, would hang it at exit). Gunicorn also calls this hook in the master, for a worker
+    found dead; the master goes on."""
+    from inference_app import process
     from inference_app.grpc import lifecycle
 
     lifecycle.stop(worker)
+    if worker.pid == os.getpid():
+        error = sys.exc_info()[1]  # called while the worker's SystemExit unwinds
+        process.leave(error.code if isinstance(error, SystemExit) else int(error is not None))
 
 
 def on_reload(server):

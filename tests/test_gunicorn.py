@@ -5,6 +5,7 @@ from __future__ import annotations
 import html.parser
 import json
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,29 @@ def test_second_server_on_the_same_host_starts_too(server: Server, tmp_path: Pat
     for log in (server.log(), second.log()):
         assert "control socket" not in log.lower(), log
     assert second.process.returncode == 0, second.log()
+
+
+def test_term_stops_workers_that_loaded_onnx_models_at_once(tmp_path: Path) -> None:
+    # The master imports onnxruntime (preload) before it forks; a worker that then ended
+    # through the interpreter's teardown hung in onnxruntime's exit until the master killed
+    # it at graceful_timeout (30 s).
+    instance = tmp_path / "instance"
+    write_demo_bundles(instance / "models", names=["iris"], onnx=True)
+    server = start_gunicorn(instance, tmp_path / "gunicorn.log")
+    try:
+        wait_ready(server)
+        assert post_predict(server, "iris", {"instances": [[5.1, 3.5, 1.4, 0.2]]})
+        server.process.send_signal(signal.SIGTERM)
+        stopped = wait_until(lambda: server.process.poll() is not None, 10.0)
+    finally:
+        stop(server)
+
+    log = server.log()
+    assert stopped, f"gunicorn still ran 10 s after SIGTERM:\n{log}"
+    assert server.process.returncode == 0, log
+    assert "SIGKILL" not in log, log
+    exits = [line for line in log_lines(log) if line["message"].startswith("Worker exiting")]
+    assert len(exits) == 2, log
 
 
 def tampered_instance(root: Path) -> Path:

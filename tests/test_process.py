@@ -1,10 +1,13 @@
-"""Process setup: the CPUs a worker may use (affinity, cgroup quotas) and reloads on HUP."""
+"""Process setup: the CPUs a worker may use (affinity, cgroup quotas), reloads on HUP, and
+how a forked process ends."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -139,3 +142,33 @@ def test_engines_stay_per_worker_when_a_worker_has_several_cpus(
     monkeypatch.setattr("inference_app.process.available_cpus", lambda: 8)
     assert not share_engines(app, workers=2)
     assert app.extensions[EXTENSION].dataplane.engines == {}
+
+
+#: A process that imports onnxruntime, forks, and reports how its child ended with
+#: ``leave(STATUS)``: the child runs the exit functions (one of them prints) and its status
+#: is what ``sys.exit(STATUS)`` would give.
+FORKED_LEAVE = """
+import atexit, os, sys
+import onnxruntime
+from inference_app.process import leave
+child = os.fork()
+if child == 0:
+    atexit.register(print, "exit functions ran", flush=True)
+    leave(STATUS)
+_, waited = os.waitpid(child, 0)
+print("status", os.waitstatus_to_exitcode(waited))
+"""
+
+
+@pytest.mark.parametrize(("status", "code"), [(None, 0), (0, 0), (3, 3), ("stopped", 1)])
+def test_leave_ends_a_child_forked_after_onnxruntime_with_its_status(
+    status: object, code: int
+) -> None:
+    script = FORKED_LEAVE.replace("STATUS", repr(status))
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+
+    assert done.stdout.splitlines() == ["exit functions ran", f"status {code}"], done.stderr
+    assert done.stderr == ("stopped\n" if status == "stopped" else ""), done.stderr
